@@ -1,0 +1,57 @@
+"""The tool's exception hierarchy.
+
+Library code raises these; only ``main.py`` turns them into one-line messages
+and exit codes (2 for usage and configuration, 1 for everything at run time).
+"""
+
+from __future__ import annotations
+
+
+class MigratorError(Exception):
+    """Base of every error this tool raises on purpose. Exit code 1."""
+
+    exit_code = 1
+
+
+class ConfigError(MigratorError):
+    """Invalid or missing settings; the message names every bad variable. Exit code 2."""
+
+    exit_code = 2
+
+
+class DatabaseUnavailable(MigratorError):
+    """The database cannot be reached or refused the connection."""
+
+
+class SourceError(MigratorError):
+    """The source table is missing, malformed or holds no rows for a ship."""
+
+
+class SchemaFileMissing(MigratorError):
+    """``--mode tables-only`` (or a later step) found no schema file."""
+
+
+class SchemaError(MigratorError):
+    """The wide tables or their metadata do not match what a step needs."""
+
+
+class CutoffConflict(MigratorError):
+    """A cutoff given on the command line differs from the stored one."""
+
+
+class StateError(MigratorError):
+    """A state file (cutoff store, schema file) is unreadable or unwritable."""
+
+
+class ChunkFailures(MigratorError):
+    """A backfill ended with one or more chunks marked failed."""
+
+
+class LockHeld(MigratorError):
+    """Another process holds the lock of a ship."""
+
+
+class NotImplementedYet(MigratorError):
+    """A mode that exists on the command line but is not built yet. Exit code 2."""
+
+    exit_code = 2

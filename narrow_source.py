@@ -1,0 +1,222 @@
+"""The narrow source table: its DDL and the index-friendly discovery queries every step uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from database import qi, qualified
+from errors import SourceError
+
+REQUIRED_COLUMNS = (
+    "ship_id",
+    "data_channel_id",
+    "created_time",
+    "bool_v",
+    "str_v",
+    "long_v",
+    "double_v",
+    "value_format",
+)
+
+# value_format -> the source column that holds the value
+VALUE_COLUMN = {"Decimal": "double_v", "Integer": "long_v", "Boolean": "bool_v", "String": "str_v"}
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """What the source says about one channel of one ship."""
+
+    channel_id: str
+    formats: tuple[str | None, ...]
+    first_time: datetime
+    last_time: datetime
+    row_count: int | None
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """The narrow table ``schema.name`` with its primary key (ship_id, data_channel_id, created_time)."""
+
+    schema: str
+    name: str
+
+    @property
+    def sql(self) -> str:
+        """The quoted, schema-qualified name for SQL text."""
+        return qualified(self.schema, self.name)
+
+    @property
+    def label(self) -> str:
+        """The name as a person writes it."""
+        return f"{self.schema}.{self.name}"
+
+    def create(self, conn: Connection, with_indexes: bool = True) -> None:
+        """Create the table exactly as the production system has it (no error if it exists)."""
+        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {qi(self.schema)}"))
+        conn.execute(
+            text(
+                f"""CREATE TABLE IF NOT EXISTS {self.sql} (
+                    ship_id text NOT NULL,
+                    data_channel_id text NOT NULL,
+                    created_time timestamp NOT NULL,
+                    server_created_time timestamp,
+                    bool_v boolean,
+                    str_v text,
+                    long_v bigint,
+                    double_v double precision,
+                    value_format varchar(50)
+                )"""
+            )
+        )
+        if with_indexes:
+            self.create_indexes(conn)
+
+    def create_indexes(self, conn: Connection) -> None:
+        """Add the primary key and the created_time index when they are missing."""
+        pk = conn.execute(
+            text(
+                "SELECT 1 FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) AND contype = 'p'"
+            ),
+            {"t": self.sql},
+        ).first()
+        if pk is None:
+            conn.execute(
+                text(
+                    f"ALTER TABLE {self.sql} ADD CONSTRAINT {qi(self.name[:50] + '_pkey')} "
+                    "PRIMARY KEY (ship_id, data_channel_id, created_time)"
+                )
+            )
+        conn.execute(
+            text(f"CREATE INDEX IF NOT EXISTS {qi(self.name[:40] + '_created_time_idx')} ON {self.sql} (created_time)")
+        )
+
+    def columns(self, conn: Connection) -> dict[str, str]:
+        """Column name -> data type; raises :class:`SourceError` when the table is missing or incomplete."""
+        rows = conn.execute(
+            text(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = :s AND table_name = :t"
+            ),
+            {"s": self.schema, "t": self.name},
+        ).all()
+        if not rows:
+            raise SourceError(
+                f"source table {self.label} does not exist or is not readable; "
+                "check SOURCE_TABLE and the GRANTs (or run --mode demo to create a demo source)"
+            )
+        cols = {r[0]: r[1] for r in rows}
+        missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+        if missing:
+            raise SourceError(f"source table {self.label} lacks column(s) {', '.join(missing)}")
+        return cols
+
+    def time_type(self, conn: Connection) -> str:
+        """``timestamp without time zone`` or ``timestamp with time zone``."""
+        return self.columns(conn)["created_time"]
+
+    def has_server_created_time(self, conn: Connection) -> bool:
+        """True when the source has a ``server_created_time`` column."""
+        return "server_created_time" in self.columns(conn)
+
+    def ships(self, conn: Connection) -> list[str]:
+        """Every ship id, found by an index skip-scan (one index descent per ship)."""
+        rows = conn.execute(
+            text(
+                f"""WITH RECURSIVE ships(ship_id) AS (
+                    (SELECT ship_id FROM {self.sql} ORDER BY ship_id LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT s.ship_id FROM {self.sql} s WHERE s.ship_id > ships.ship_id
+                            ORDER BY s.ship_id LIMIT 1)
+                    FROM ships WHERE ships.ship_id IS NOT NULL
+                ) SELECT ship_id FROM ships WHERE ship_id IS NOT NULL"""
+            )
+        ).scalars()
+        return list(rows)
+
+    def channels(self, conn: Connection, ship_id: str) -> list[str]:
+        """Every channel id of ``ship_id``, by an index skip-scan on the primary key."""
+        rows = conn.execute(
+            text(
+                f"""WITH RECURSIVE ch(c) AS (
+                    (SELECT data_channel_id FROM {self.sql} WHERE ship_id = :ship
+                     ORDER BY data_channel_id LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT s.data_channel_id FROM {self.sql} s
+                            WHERE s.ship_id = :ship AND s.data_channel_id > ch.c
+                            ORDER BY s.data_channel_id LIMIT 1)
+                    FROM ch WHERE ch.c IS NOT NULL
+                ) SELECT c FROM ch WHERE c IS NOT NULL"""
+            ),
+            {"ship": ship_id},
+        ).scalars()
+        return list(rows)
+
+    def channel_bounds(self, conn: Connection, ship_id: str, channels: list[str]) -> dict[str, tuple]:
+        """Per channel: (first time, first format, last time, last format), by two index probes each."""
+        rows = conn.execute(
+            text(
+                f"""SELECT c.ch, f.created_time, f.value_format, l.created_time, l.value_format
+                FROM unnest(CAST(:chs AS text[])) AS c(ch)
+                CROSS JOIN LATERAL (SELECT created_time, value_format FROM {self.sql}
+                    WHERE ship_id = :ship AND data_channel_id = c.ch ORDER BY created_time LIMIT 1) f
+                CROSS JOIN LATERAL (SELECT created_time, value_format FROM {self.sql}
+                    WHERE ship_id = :ship AND data_channel_id = c.ch ORDER BY created_time DESC LIMIT 1) l"""
+            ),
+            {"ship": ship_id, "chs": channels},
+        ).all()
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+    def first_time(self, conn: Connection, ship_id: str, channels: list[str]) -> datetime | None:
+        """The ship's earliest created_time (one index probe per channel)."""
+        if not channels:
+            return None
+        return conn.execute(
+            text(
+                f"""SELECT min(f.created_time) FROM unnest(CAST(:chs AS text[])) AS c(ch)
+                CROSS JOIN LATERAL (SELECT created_time FROM {self.sql}
+                    WHERE ship_id = :ship AND data_channel_id = c.ch ORDER BY created_time LIMIT 1) f"""
+            ),
+            {"ship": ship_id, "chs": channels},
+        ).scalar_one()
+
+    def last_time(self, conn: Connection, ship_id: str, channels: list[str]) -> datetime | None:
+        """The ship's newest created_time (one index probe per channel)."""
+        if not channels:
+            return None
+        return conn.execute(
+            text(
+                f"""SELECT max(f.created_time) FROM unnest(CAST(:chs AS text[])) AS c(ch)
+                CROSS JOIN LATERAL (SELECT created_time FROM {self.sql}
+                    WHERE ship_id = :ship AND data_channel_id = c.ch ORDER BY created_time DESC LIMIT 1) f"""
+            ),
+            {"ship": ship_id, "chs": channels},
+        ).scalar_one()
+
+    def format_counts(
+        self, conn: Connection, ship_id: str, since: datetime | None = None
+    ) -> dict[str, dict[str | None, int]]:
+        """Per channel, rows per value_format: the whole ship, or only rows at or after ``since``."""
+        where = "ship_id = :ship" + (" AND created_time >= :since" if since is not None else "")
+        rows = conn.execute(
+            text(
+                f"SELECT data_channel_id, value_format, count(*) FROM {self.sql} "
+                f"WHERE {where} GROUP BY 1, 2"
+            ),
+            {"ship": ship_id, "since": since},
+        ).all()
+        out: dict[str, dict[str | None, int]] = {}
+        for channel, fmt, n in rows:
+            out.setdefault(channel, {})[fmt] = int(n)
+        return out
+
+    def require_rows(self, conn: Connection, ship_id: str) -> None:
+        """Raise :class:`SourceError` when ``ship_id`` has no rows."""
+        found = conn.execute(
+            text(f"SELECT 1 FROM {self.sql} WHERE ship_id = :ship LIMIT 1"), {"ship": ship_id}
+        ).first()
+        if found is None:
+            raise SourceError(f"ship {ship_id!r} has no rows in {self.label}; check the ship id")

@@ -1,0 +1,92 @@
+"""Fixtures: a real PostgreSQL (TEST_DATABASE_URL, or an embedded pgserver) and a schema per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from config import Settings  # noqa: E402
+from database import Databases, make_engine, qi  # noqa: E402
+from runtime import Runtime  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """A PostgreSQL URL: TEST_DATABASE_URL, else a throw-away embedded server."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    folder = tempfile.mkdtemp(prefix="migrator-test-pg-")
+    server = pgserver.get_server(folder, cleanup_mode="delete")
+    yield server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def engine(pg_url):
+    """One engine for the whole session."""
+    eng = make_engine(pg_url, "migrator-tests")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def schemas(engine, request):
+    """A fresh (source, target) schema pair for this test, dropped afterwards."""
+    tag = uuid.uuid4().hex[:10]
+    src, tgt = f"src_{tag}", f"tgt_{tag}"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {qi(src)}"))
+        conn.execute(text(f"CREATE SCHEMA {qi(tgt)}"))
+    yield src, tgt
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {qi(src)} CASCADE"))
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {qi(tgt)} CASCADE"))
+
+
+@pytest.fixture
+def settings(pg_url, schemas, tmp_path) -> Settings:
+    """Settings pointing at this test's schemas and a private STATE_DIR."""
+    src, tgt = schemas
+    return Settings(
+        database_url=pg_url,
+        target_database_url=None,
+        source_schema=src,
+        source_table="tbl_data_timeseries",
+        target_schema=tgt,
+        state_dir=tmp_path / "state",
+        embedded_pgdata=tmp_path / "pgdata",
+    )
+
+
+@pytest.fixture
+def runtime(settings, engine) -> Runtime:
+    """A runtime on the session engine (not disposed per test)."""
+    return Runtime(settings=settings, dbs=Databases(source=engine, target=engine))
+
+
+@pytest.fixture
+def cli_env(settings) -> dict[str, str]:
+    """Environment variables that make the CLI use this test's schemas."""
+    return {
+        "DATABASE_URL": settings.database_url or "",
+        "SOURCE_TABLE": f"{settings.source_schema}.{settings.source_table}",
+        "TARGET_SCHEMA": settings.target_schema,
+        "STATE_DIR": str(settings.state_dir),
+    }

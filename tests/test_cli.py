@@ -1,0 +1,77 @@
+"""The command-line surface: help, usage errors, configuration errors, the embedded start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from main import MODES, cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_help_lists_every_mode():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for mode in ("schema-only", "tables-only", "migration-only", "realtime", "concurrent", "hybrid",
+                 "streaming", "status", "validate", "demo"):
+        assert mode in result.output
+        assert mode in MODES
+
+
+def test_unknown_mode_is_a_usage_error():
+    result = CliRunner().invoke(cli, ["--mode", "teleport"])
+    assert result.exit_code == 2
+    assert "teleport" in result.output
+
+
+def test_missing_mode_is_a_usage_error():
+    assert CliRunner().invoke(cli, []).exit_code == 2
+
+
+def test_bad_settings_exit_2_naming_each_variable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        cli, ["--mode", "status"], env={"CHUNK_HOURS": "0", "SOURCE_TABLE": "1bad", "DATABASE_URL": ""}
+    )
+    assert result.exit_code == 2
+    assert "CHUNK_HOURS" in result.output and "SOURCE_TABLE" in result.output
+
+
+def test_unreachable_database_is_one_line_exit_1_without_password(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        cli, ["--mode", "demo"],
+        env={"DATABASE_URL": "postgresql://bob:hunter2secret@127.0.0.1:1/nodb", "STATE_DIR": str(tmp_path / "s")},
+    )
+    assert result.exit_code == 1
+    assert "cannot connect" in result.output
+    assert "Traceback" not in result.output
+    assert "hunter2secret" not in result.output
+    assert "hunter2secret" not in (tmp_path / "s" / "migrator.log").read_text()
+
+
+def test_embedded_server_starts_and_demo_seeds_it(tmp_path):
+    """With no database configured, the CLI starts pgserver in EMBEDDED_PGDATA and seeds it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DB_", "TEST_DATABASE"))}
+    env.update({"STATE_DIR": str(tmp_path / "state"), "EMBEDDED_PGDATA": str(tmp_path / "pg")})
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--mode", "demo", "--seed-only", "--ships", "1", "--channels", "4",
+         "--days", "0.01"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "embedded PostgreSQL" in out.stderr
+    assert "Seeded 228 rows" in out.stdout  # 1 ship x 4 channels x 57 samples of 15 s in 0.01 day
+    assert (tmp_path / "pg" / "PG_VERSION").exists()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_mode_has_help_text(mode):
+    result = CliRunner().invoke(cli, ["--help"])
+    assert MODES[mode].split(":")[0][:20] in " ".join(result.output.split())
