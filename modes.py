@@ -26,3 +26,60 @@ def demo(settings: Settings, opts: dict) -> tuple[object, int]:
 HANDLERS: dict[str, Handler] = {
     "demo": demo,
 }
+
+
+def schema_only(settings: Settings, opts: dict) -> tuple[object, int]:
+    """Analyse the source and write the schema file."""
+    from schema_analyzer import analyze_source
+
+    with open_runtime(settings) as rt:
+        return analyze_source(rt, settings.ship_ids, opts["sample_hours"], opts["column_style"],
+                              opts["routing_file"]), 0
+
+
+def tables_only(settings: Settings, opts: dict) -> tuple[object, int]:
+    """Create the wide tables from the schema file."""
+    import sys
+
+    import click
+
+    from table_creator import create_tables
+
+    if opts["drop_tables"] and not opts["yes"] and sys.stdin.isatty():
+        click.confirm("Drop and recreate the wide tables this tool created (their data is lost)?", abort=True)
+    with open_runtime(settings) as rt:
+        return create_tables(rt, settings.ship_ids, drop=opts["drop_tables"]), 0
+
+
+HANDLERS.update({"schema-only": schema_only, "tables-only": tables_only})
+
+
+def migration_only(settings: Settings, opts: dict) -> tuple[object, int]:
+    """Backfill history before the cutoff."""
+    from data_migrator import BackfillOptions, run_backfill
+
+    options = BackfillOptions(cutoff_time=opts["cutoff_time"], force=opts["force"], chunk_hours=opts["chunk_hours"],
+                              workers=opts["workers"], retry_failed=opts["retry_failed"])
+    with open_runtime(settings) as rt:
+        result = run_backfill(rt, settings.ship_ids, options)
+    return result, 1 if result.failed_chunks else 0
+
+
+def status(settings: Settings, opts: dict) -> tuple[object, int]:
+    """Per-ship progress."""
+    from data_migrator import migration_status
+
+    with open_runtime(settings) as rt:
+        return migration_status(rt, settings.ship_ids), 0
+
+
+def validate(settings: Settings, opts: dict) -> tuple[object, int]:
+    """Compare the wide tables with the source."""
+    from validator import validate as run_validate
+
+    with open_runtime(settings) as rt:
+        report = run_validate(rt, settings.ship_ids, repair=opts["repair"])
+    return report, 0 if report.ok else 1
+
+
+HANDLERS.update({"migration-only": migration_only, "status": status, "validate": validate})

@@ -13,8 +13,101 @@ def _seed(result) -> str:
     )
 
 
+def _schema(a) -> str:
+    lines = [f"Schema of {a.source_table} ({a.time_type}), column style {a.column_style}"
+             + (f", formats sampled over the newest {a.sample_hours:g} h" if a.sample_hours else "")]
+    for s in a.ships:
+        types: dict[str, int] = {}
+        for c in s.channels:
+            types[c.pg_type] = types.get(c.pg_type, 0) + 1
+        rows = sum(c.row_count or 0 for c in s.channels)
+        lines.append(f"  {s.ship_id}: {len(s.channels)} channels ("
+                     + ", ".join(f"{n} {t}" for t, n in sorted(types.items())) + ")"
+                     + (f", {rows:,} rows" if rows else "")
+                     + f", {len(s.parts)} table(s): " + ", ".join(f"{p.table} [{len(p.channels)}]" for p in s.parts))
+        for note in s.conflicts:
+            lines.append(f"    format conflict: {note}")
+        for note in s.unknown_formats:
+            lines.append(f"    unknown value_format: {note}")
+        for note in s.type_drift:
+            lines.append(f"    type drift: {note}")
+    lines.append(f"Wrote {a.schema_file} in {a.seconds:.2f} s. Next: python main.py --mode tables-only")
+    return "\n".join(lines)
+
+
+def _tables(r) -> str:
+    lines = [f"Wide tables in schema {r.target_schema}:"]
+    for s in r.ships:
+        bits = []
+        if s.dropped:
+            bits.append(f"dropped {len(s.dropped)}")
+        if s.created:
+            bits.append("created " + ", ".join(s.created))
+        if s.columns_added:
+            bits.append(f"added {s.columns_added} column(s)")
+        if s.unchanged:
+            bits.append(f"{len(s.unchanged)} unchanged")
+        lines.append(f"  {s.ship_id}: " + "; ".join(bits))
+    return "\n".join(lines)
+
+
+def _backfill(r) -> str:
+    lines = [f"Backfill: {r.rows_read:,} narrow rows in {r.seconds:.1f} s ({r.rows_per_second:,.0f} rows/s)"]
+    for s in r.ships:
+        lines.append(f"  {s.ship_id}: cutoff {s.cutoff}, chunks {s.done}/{s.chunks} done, {s.failed} failed, "
+                     f"{s.pending} pending; {s.rows_read:,} rows read, {s.cells_written:,} cells written"
+                     + (f", {s.rejected:,} rejected (see STATE_DIR/rejects)" if s.rejected else ""))
+    for ship, start, end, err in r.failed_chunks:
+        lines.append(f"  FAILED {ship} {start} .. {end}: {err}")
+    if r.retry_command:
+        lines.append(f"Retry the failed chunks with: {r.retry_command}")
+    else:
+        lines.append("Next: python main.py --mode status, then python main.py --mode validate")
+    return "\n".join(lines)
+
+
+def _lag(seconds) -> str:
+    return "-" if seconds is None else f"{seconds:,.0f} s"
+
+
+def _status(r) -> str:
+    lines = [f"Status of schema {r.target_schema} (database time {r.database_time}):"]
+    if not r.ships:
+        lines.append("  no ships yet: run --mode schema-only and --mode tables-only")
+    for s in r.ships:
+        lines.append(f"  {s.ship_id}: {s.status.upper()}  {s.percent:.1f}% "
+                     f"({s.chunks_done}/{s.chunks_total} chunks, {s.chunks_failed} failed, "
+                     f"{s.chunks_running} running, {s.chunks_pending} pending)")
+        lines.append("    tables: " + ", ".join(f"{t} [{n} columns]" for t, n in s.tables.items()))
+        lines.append(f"    rows read {s.rows_read:,}, cells written {s.cells_written:,}, wide rows {s.record_count:,}, "
+                     f"rejected {s.rejected:,}")
+        lines.append(f"    cutoff {s.cutoff or '-'}, realtime watermark {s.watermark or '-'}, "
+                     f"lag {_lag(s.lag_seconds)}")
+        if s.last_error:
+            lines.append(f"    last error: {s.last_error}")
+    return "\n".join(lines)
+
+
+def _validate(r) -> str:
+    lines = []
+    for s in r.ships:
+        lines.append(f"{'OK  ' if s.ok else 'FAIL'} {s.ship_id}: {s.message}")
+        for d in s.mismatches[:20]:
+            lines.append(f"     {d.bucket}: {d.narrow_rows:,} narrow rows vs {d.wide_cells:,} wide cells"
+                         + ("" if d.values_match else ", values differ"))
+        if len(s.mismatches) > 20:
+            lines.append(f"     ... and {len(s.mismatches) - 20} more hour(s)")
+    lines.append("Validation passed." if r.ok else "Validation FAILED.")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[object], str]] = {
     "demo": _seed,
+    "schema-only": _schema,
+    "tables-only": _tables,
+    "migration-only": _backfill,
+    "status": _status,
+    "validate": _validate,
 }
 
 

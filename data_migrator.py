@@ -1,0 +1,490 @@
+"""Step 3 (``--mode migration-only``): the chunked backfill engine, and the Python API.
+
+``from data_migrator import data_migrator`` gives a lazy facade for a Python shell: nothing is
+read or connected until a method is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from chunk_ledger import DONE, FAILED, PENDING, RUNNING, Chunk, ChunkLedger
+from config import Settings
+from cutoff_store import CutoffStore
+from database import qualified, server_now
+from errors import ConfigError, MigratorError, SchemaError
+from progress import LedgerProgress
+from runtime import Runtime, open_runtime
+from table_creator import TABLES_META
+from window_migrator import ShipPlanCache, UnknownChannels, migrate_window
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackfillOptions:
+    """How a backfill runs."""
+
+    cutoff_time: str | None = None
+    force: bool = False
+    chunk_hours: int | None = None
+    workers: int = 1
+    retry_failed: bool = False
+    max_attempts: int = 3
+    backoff_seconds: float = 1.0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ShipBackfill:
+    """Backfill figures of one ship."""
+
+    ship_id: str
+    cutoff: datetime
+    chunks: int
+    done: int
+    failed: int
+    pending: int
+    rows_read: int
+    cells_written: int
+    rejected: int
+
+
+@dataclass(frozen=True)
+class BackfillResult:
+    """What ``migration-only`` did."""
+
+    ships: tuple[ShipBackfill, ...]
+    failed_chunks: tuple[tuple[str, datetime, datetime, str], ...]
+    seconds: float
+    rows_read: int
+    rows_per_second: float
+    retry_command: str | None = None
+
+
+@dataclass
+class WorkerStats:
+    """What one worker loop did."""
+
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    attempts_failed: int = 0
+    rows_read: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def parse_cutoff(value: str, time_type: str, tz: str) -> datetime:
+    """Parse ``--cutoff-time``: naive for timestamp sources, in SOURCE_TIMEZONE for timestamptz ones."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--cutoff-time {value!r} is not a time like '2024-10-02 17:00:00'") from exc
+    if "with time zone" in time_type:
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=ZoneInfo(tz))
+    if parsed.tzinfo is not None:
+        return parsed.astimezone(ZoneInfo(tz)).replace(tzinfo=None)
+    return parsed
+
+
+def database_now(conn: Connection, time_type: str, tz: str) -> datetime:
+    """The database's current time, typed like the source's created_time (never this machine's clock)."""
+    if "with time zone" in time_type:
+        return conn.execute(text("SELECT now()")).scalar_one()
+    return server_now(conn, tz)
+
+
+def wide_ships(conn: Connection, schema: str) -> list[str]:
+    """Ships that have wide tables (recorded by tables-only)."""
+    if conn.execute(text("SELECT to_regclass(:t)"), {"t": qualified(schema, TABLES_META)}).scalar() is None:
+        return []
+    return list(conn.execute(text(f"SELECT DISTINCT ship_id FROM {qualified(schema, TABLES_META)} ORDER BY 1"))
+                .scalars())
+
+
+def resolve_ships(rt: Runtime, ship_ids: tuple[str, ...] = ()) -> list[str]:
+    """The ships to work on: those asked for, else every ship with wide tables."""
+    with rt.dbs.target.connect() as conn:
+        have = wide_ships(conn, rt.settings.target_schema)
+    wanted = list(ship_ids or rt.settings.ship_ids) or have
+    if not wanted:
+        raise SchemaError("no wide tables yet; run --mode schema-only and --mode tables-only first")
+    missing = [s for s in wanted if s not in have]
+    if missing:
+        raise SchemaError(f"ship(s) {', '.join(missing)} have no wide tables; run --mode tables-only first")
+    return wanted
+
+
+def resolve_cutoff(store: CutoffStore, ship_id: str, given: datetime | None, force: bool, now: datetime) -> datetime:
+    """The ship's cutoff: ``given`` (stored; a conflicting one needs force), the stored one, or ``now``."""
+    if given is not None:
+        return store.set_cutoff(ship_id, given, force=force).cutoff  # type: ignore[return-value]
+    return store.ensure_cutoff(ship_id, now)[0]
+
+
+def prepare_backfill(rt: Runtime, ships: list[str], opts: BackfillOptions) -> dict[str, datetime]:
+    """Fix each ship's cutoff and record its chunks in the ledger; returns ship -> cutoff."""
+    store = CutoffStore(rt.settings.cutoff_file)
+    ledger = ChunkLedger(rt.settings.target_schema)
+    hours = opts.chunk_hours or rt.settings.chunk_hours
+    with rt.dbs.source.connect() as sconn:
+        time_type = rt.source.time_type(sconn)
+        now = database_now(sconn, time_type, rt.settings.source_timezone)  # one cutoff for the whole fleet
+    given = parse_cutoff(opts.cutoff_time, time_type, rt.settings.source_timezone) if opts.cutoff_time else None
+    cutoffs = {}
+    for ship in ships:
+        cutoff = resolve_cutoff(store, ship, given, opts.force, now)
+        cutoffs[ship] = cutoff
+        with rt.dbs.source.connect() as sconn:
+            first = rt.source.first_time(sconn, ship, rt.source.channels(sconn, ship))
+        with rt.dbs.target.begin() as tconn:
+            ledger.ensure(tconn, time_type)
+            added = ledger.plan(tconn, ship, first, cutoff, hours) if first is not None and first < cutoff else 0
+        log.info("ship %s: history %s .. %s, %d new chunk(s) of %d h", ship, first, cutoff, added, hours)
+    if opts.retry_failed:
+        with rt.dbs.target.begin() as tconn:
+            n = ledger.reset_failed(tconn, ships)
+        log.info("retrying %d failed chunk(s)", n)
+    return cutoffs
+
+
+def _error_text(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    msg = str(orig if orig is not None else exc).strip().splitlines()
+    return f"{type(orig if orig is not None else exc).__name__}: {msg[0] if msg else ''}"
+
+
+def process_chunk(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: ShipPlanCache, chunk: Chunk,
+                  time_type: str) -> int:
+    """Migrate one claimed chunk; its data and its ledger row commit together. Returns rows read."""
+    plan = cache.ensure_channels(chunk.ship_id, time_type)
+    with rt.dbs.source.connect() as sconn:
+        sconn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+        with conn.begin():
+            result = migrate_window(rt, sconn, conn, plan, chunk.start, chunk.end)
+            ledger.mark_done(conn, chunk, result.rows_read, result.cells_written, result.wide_rows,
+                             result.rejected, result.tables)
+    log.debug("chunk %s %s..%s: %d rows in %.2f s (read %.2f, pivot %.2f, write %.2f)", chunk.ship_id,
+              chunk.start, chunk.end, result.rows_read,
+              result.read_seconds + result.pivot_seconds + result.write_seconds,
+              result.read_seconds, result.pivot_seconds, result.write_seconds)
+    return result.rows_read
+
+
+def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_seconds: float = 1.0,
+                stop: threading.Event | None = None) -> WorkerStats:
+    """The worker loop: claim, migrate, mark, until no chunk is left (or ``stop`` is set).
+
+    A failing chunk is retried with exponential backoff up to ``max_attempts`` times, then marked
+    failed with its error; the loop goes on with the other chunks.
+    """
+    ledger = ChunkLedger(rt.settings.target_schema)
+    cache = ShipPlanCache(rt)
+    stats = WorkerStats()
+    with rt.dbs.source.connect() as sconn:
+        time_type = rt.source.time_type(sconn)
+    conn = rt.dbs.target.connect()
+    try:
+        while not (stop and stop.is_set()):
+            chunk = ledger.claim(conn, ships)
+            if chunk is None:
+                break
+            try:
+                stats.rows_read += process_chunk(rt, conn, ledger, cache, chunk, time_type)
+                stats.chunks_done += 1
+            except (DBAPIError, MigratorError, OSError, ValueError) as exc:
+                if isinstance(exc, UnknownChannels):
+                    cache.get(conn, chunk.ship_id, refresh=True)
+                error = _error_text(exc)
+                attempts = chunk.attempts + 1
+                give_up = attempts >= max_attempts
+                stats.attempts_failed += 1
+                stats.errors.append(error)
+                log.warning("chunk %s %s..%s failed (attempt %d of %d): %s", chunk.ship_id, chunk.start, chunk.end,
+                            attempts, max_attempts, error)
+                conn = _fresh_connection(rt, conn)
+                ledger.mark_error(conn, chunk, error, failed=give_up)
+                if give_up:
+                    stats.chunks_failed += 1
+                else:
+                    time.sleep(min(backoff_seconds * 2 ** (attempts - 1), 30.0))
+            finally:
+                if not conn.invalidated:
+                    try:
+                        ledger.release(conn, chunk.id)
+                    except DBAPIError:
+                        conn = _fresh_connection(rt, conn)
+    finally:
+        conn.close()
+    return stats
+
+
+def _fresh_connection(rt: Runtime, conn: Connection) -> Connection:
+    """``conn`` if it still works (rolled back), else a new one."""
+    try:
+        conn.rollback()
+        conn.execute(text("SELECT 1"))
+        conn.commit()
+        return conn
+    except DBAPIError:
+        log.info("target connection lost; reconnecting")
+        try:
+            conn.close()
+        except DBAPIError:
+            pass
+        return rt.dbs.target.connect()
+
+
+def _worker_process(settings: Settings, ships: list[str], max_attempts: int, backoff: float, log_level: int) -> None:
+    logging.basicConfig(level=log_level, format="%(message)s")
+    with open_runtime(settings, "narrow-to-wide-worker") as rt:
+        work_chunks(rt, ships, max_attempts, backoff)
+
+
+def run_workers(rt: Runtime, ships: list[str], workers: int, max_attempts: int, backoff: float) -> None:
+    """Run ``workers`` worker processes (or the loop in this process when 1) until the ledger is drained."""
+    if workers <= 1:
+        work_chunks(rt, ships, max_attempts, backoff)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    procs = [ctx.Process(target=_worker_process, args=(rt.settings, ships, max_attempts, backoff, level),
+                         name=f"backfill-worker-{i}") for i in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+    crashed = [p.name for p in procs if p.exitcode not in (0, None)]
+    if crashed:
+        log.warning("worker process(es) exited abnormally: %s", ", ".join(crashed))
+
+
+def summarize(rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], seconds: float,
+              rows_read: int) -> BackfillResult:
+    """The ledger's figures for ``ships``."""
+    ledger = ChunkLedger(rt.settings.target_schema)
+    with rt.dbs.target.connect() as conn:
+        counts = ledger.counts(conn, ships)
+        failed = ledger.failed(conn, ships)
+    out = []
+    for ship in ships:
+        c = counts.get(ship, {})
+        out.append(ShipBackfill(
+            ship_id=ship, cutoff=cutoffs[ship],
+            chunks=sum(c.get(s, 0) for s in (PENDING, RUNNING, DONE, FAILED)),
+            done=c.get(DONE, 0), failed=c.get(FAILED, 0), pending=c.get(PENDING, 0) + c.get(RUNNING, 0),
+            rows_read=c.get("rows_read", 0), cells_written=c.get("cells_written", 0), rejected=c.get("rejected", 0)))
+    retry = None
+    if failed:
+        retry = "python main.py --mode migration-only --retry-failed " + " ".join(
+            f"--ship-id {s}" for s in sorted({f[0] for f in failed}))
+    return BackfillResult(tuple(out), tuple(failed), round(seconds, 3), rows_read,
+                          round(rows_read / seconds, 1) if seconds > 0 else 0.0, retry)
+
+
+def run_backfill(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: BackfillOptions = BackfillOptions()
+                 ) -> BackfillResult:
+    """``--mode migration-only``: backfill every chunk before each ship's cutoff."""
+    ships = resolve_ships(rt, ship_ids)
+    cutoffs = prepare_backfill(rt, ships, opts)
+    ledger = ChunkLedger(rt.settings.target_schema)
+    with rt.dbs.target.connect() as conn:
+        before = sum(c.get("rows_read", 0) for c in ledger.counts(conn, ships).values())
+    started = time.monotonic()
+    progress = LedgerProgress(rt, ships) if opts.progress else None
+    if progress:
+        progress.start()
+    try:
+        run_workers(rt, ships, opts.workers, opts.max_attempts, opts.backoff_seconds)
+    finally:
+        if progress:
+            progress.stop()
+    seconds = time.monotonic() - started
+    with rt.dbs.target.connect() as conn:
+        after = sum(c.get("rows_read", 0) for c in ledger.counts(conn, ships).values())
+    return summarize(rt, ships, cutoffs, seconds, after - before)
+
+
+# ----------------------------------------------------------------------------------------------
+# status
+
+
+@dataclass(frozen=True)
+class ShipStatus:
+    """Everything status shows for one ship."""
+
+    ship_id: str
+    status: str
+    tables: dict[str, int]
+    chunks_total: int
+    chunks_done: int
+    chunks_failed: int
+    chunks_pending: int
+    chunks_running: int
+    percent: float
+    rows_read: int
+    cells_written: int
+    record_count: int
+    rejected: int
+    cutoff: datetime | None
+    watermark: datetime | None
+    lag_seconds: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """``--mode status``."""
+
+    target_schema: str
+    ships: tuple[ShipStatus, ...]
+    database_time: datetime | None = None
+
+
+def ship_status(rt: Runtime, conn: Connection, ship_id: str, store: CutoffStore, now: datetime) -> ShipStatus:
+    """The status of one ship, read from the metadata, the ledger and the cutoff store."""
+    from table_creator import load_ship_layout
+
+    schema = rt.settings.target_schema
+    ledger = ChunkLedger(schema)
+    layout = load_ship_layout(conn, schema, ship_id)
+    tables = {p.table: len(p.channels) for p in layout.parts} if layout else {}
+    c = ledger.counts(conn, [ship_id]).get(ship_id, {}) if ledger.exists(conn) else {}
+    total = sum(c.get(s, 0) for s in (PENDING, RUNNING, DONE, FAILED))
+    record_count = 0
+    if tables:
+        union = " UNION ".join(f"SELECT created_time FROM {qualified(schema, t)}" for t in tables)
+        record_count = int(conn.execute(text(f"SELECT count(*) FROM ({union}) u")).scalar_one())
+    state = store.get(ship_id)
+    watermark = state.watermark if state else None
+    lag = None
+    if watermark is not None:
+        newest = _newest_wide_time(conn, schema, tables)
+        if newest is not None:
+            lag = max(0.0, (_as_comparable(now, newest) - newest).total_seconds())
+    if total == 0:
+        status = "not_started" if not record_count else "realtime_only"
+    elif c.get(FAILED, 0):
+        status = "failed"
+    elif c.get(DONE, 0) == total:
+        status = "completed"
+    else:
+        status = "in_progress"
+    return ShipStatus(
+        ship_id=ship_id, status=status, tables=tables, chunks_total=total, chunks_done=c.get(DONE, 0),
+        chunks_failed=c.get(FAILED, 0), chunks_pending=c.get(PENDING, 0), chunks_running=c.get(RUNNING, 0),
+        percent=round(100.0 * c.get(DONE, 0) / total, 1) if total else 0.0,
+        rows_read=c.get("rows_read", 0), cells_written=c.get("cells_written", 0), record_count=record_count,
+        rejected=c.get("rejected", 0), cutoff=state.cutoff if state else None, watermark=watermark,
+        lag_seconds=lag, last_error=ledger.last_error(conn, ship_id) if total else None)
+
+
+def _newest_wide_time(conn: Connection, schema: str, tables: dict[str, int]) -> datetime | None:
+    if not tables:
+        return None
+    union = " UNION ALL ".join(f"(SELECT max(created_time) AS t FROM {qualified(schema, t)})" for t in tables)
+    return conn.execute(text(f"SELECT max(t) FROM ({union}) u")).scalar()
+
+
+def _as_comparable(now: datetime, other: datetime) -> datetime:
+    if other.tzinfo is None and now.tzinfo is not None:
+        return now.astimezone(timezone.utc).replace(tzinfo=None)
+    return now
+
+
+def migration_status(rt: Runtime, ship_ids: tuple[str, ...] = ()) -> StatusReport:
+    """``--mode status``: per ship, tables, chunks, rows, cutoff, watermark, lag, rejects, last error."""
+    store = CutoffStore(rt.settings.cutoff_file)
+    with rt.dbs.source.connect() as sconn:
+        time_type = rt.source.time_type(sconn)
+        now = database_now(sconn, time_type, rt.settings.source_timezone)
+    with rt.dbs.target.connect() as conn:
+        ships = list(ship_ids or rt.settings.ship_ids) or wide_ships(conn, rt.settings.target_schema)
+        report = tuple(ship_status(rt, conn, s, store, now) for s in ships)
+    return StatusReport(rt.settings.target_schema, report, now)
+
+
+# ----------------------------------------------------------------------------------------------
+# the Python API
+
+
+class DataMigrator:
+    """The tool as a Python object; settings load and connections open on first use.
+
+    >>> from data_migrator import data_migrator
+    >>> data_migrator.get_migration_status("IMO9999993")["status"]
+    """
+
+    def __init__(self, settings: Settings | None = None):
+        self._settings = settings
+        self._runtime: Runtime | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        """The open runtime (created on first use)."""
+        if self._runtime is None:
+            from config import load_settings
+
+            self._runtime = open_runtime(self._settings or load_settings())
+        return self._runtime
+
+    def close(self) -> None:
+        """Dispose of the connections."""
+        if self._runtime is not None:
+            self._runtime.close()
+            self._runtime = None
+
+    def migrate(self, ship_ids: tuple[str, ...] = (), **options: object) -> BackfillResult:
+        """Run the backfill (as ``--mode migration-only``)."""
+        return run_backfill(self.runtime, ship_ids, BackfillOptions(progress=False, **options))  # type: ignore[arg-type]
+
+    def get_migration_status(self, ship_id: str) -> dict:
+        """A dict with at least ``status`` and ``record_count`` for one ship."""
+        from main import to_jsonable
+
+        report = migration_status(self.runtime, (ship_id,))
+        return to_jsonable(report.ships[0])  # type: ignore[return-value]
+
+    def get_migration_statistics(self) -> dict:
+        """Overall and per-ship figures."""
+        from main import to_jsonable
+
+        report = migration_status(self.runtime)
+        ships = [to_jsonable(s) for s in report.ships]
+        overall = {
+            "ships": len(ships),
+            "chunks_total": sum(s.chunks_total for s in report.ships),
+            "chunks_done": sum(s.chunks_done for s in report.ships),
+            "chunks_failed": sum(s.chunks_failed for s in report.ships),
+            "rows_read": sum(s.rows_read for s in report.ships),
+            "record_count": sum(s.record_count for s in report.ships),
+            "rejected": sum(s.rejected for s in report.ships),
+        }
+        return {"overall": overall, "ships": ships}
+
+    def validate_migration(self, ship_id: str) -> dict:
+        """A dict with at least ``status`` and ``message``, from the same check as ``--mode validate``."""
+        from main import to_jsonable
+        from validator import validate
+
+        report = validate(self.runtime, (ship_id,))
+        ship = report.ships[0]
+        return dict(to_jsonable(ship), status="passed" if ship.ok else "failed", message=ship.message)  # type: ignore[arg-type]
+
+
+data_migrator = DataMigrator()

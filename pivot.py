@@ -1,0 +1,543 @@
+"""The pivot core, shared by backfill and realtime: narrow rows in, wide rows out, O(rows).
+
+1. :func:`read_window` streams ``COPY (SELECT ...) TO STDOUT (FORMAT binary)`` of one ship and
+   window. Every numeric/boolean row has the same fixed binary layout (the channel id is
+   replaced by its index in the layout, NULLs by flags), so rows are decoded with one
+   ``numpy.frombuffer`` per received block: no Python object per value. Channels with a text
+   column come from a second, index-driven query (they are few).
+2. :func:`pivot` checks each value against its column type (misfits become rejects, never
+   silent losses) and scatters the values into one typed matrix per column type.
+3. :func:`encode_copy` renders a part's rows as ``COPY ... FROM STDIN (FORMAT binary)`` bytes,
+   again with vectorised numpy scatters, for :mod:`wide_writer` to load and merge.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from schema_analyzer import ShipSchema
+
+KIND_DOUBLE, KIND_BIGINT, KIND_BOOL, KIND_TEXT = 0, 1, 2, 3
+KIND_OF_TYPE = {"double precision": KIND_DOUBLE, "bigint": KIND_BIGINT, "boolean": KIND_BOOL, "text": KIND_TEXT}
+FMT_UNKNOWN, FMT_DECIMAL, FMT_INTEGER, FMT_BOOLEAN, FMT_STRING = 0, 1, 2, 3, 4
+FORMAT_NAMES = {FMT_UNKNOWN: "unknown", FMT_DECIMAL: "Decimal", FMT_INTEGER: "Integer", FMT_BOOLEAN: "Boolean",
+                FMT_STRING: "String"}
+
+# reject reasons
+REASONS = {
+    1: "unknown or NULL value_format",
+    2: "the value column named by value_format is NULL",
+    3: "String value for a non-text column",
+    4: "Boolean value for a numeric column",
+    5: "numeric value for a boolean column",
+    6: "Decimal value does not fit the bigint column (fraction, NaN, infinite or out of range)",
+    7: "duplicate row for the same channel and time (another row was kept)",
+}
+
+PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-01
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_HEADER = _SIGNATURE + struct.pack(">ii", 0, 0)
+_TRAILER = struct.pack(">h", -1)
+
+# the fixed-width row of the numeric query: nfields, then (length, value) per field
+ROW_DTYPE = np.dtype([
+    ("nf", ">i2"),
+    ("l_ts", ">i4"), ("ts", ">i8"),
+    ("l_idx", ">i4"), ("idx", ">i4"),
+    ("l_fmt", ">i4"), ("fmt", ">i2"),
+    ("l_d", ">i4"), ("d", ">f8"),
+    ("l_l", ">i4"), ("l", ">i8"),
+    ("l_b", ">i4"), ("b", "u1"),
+    ("l_nulls", ">i4"), ("nulls", ">i2"),
+])
+_NULL_D, _NULL_L, _NULL_B = 1, 2, 4
+
+_FMT_SQL = ("CASE s.value_format WHEN 'Decimal' THEN 1 WHEN 'Integer' THEN 2 WHEN 'Boolean' THEN 3 "
+            "WHEN 'String' THEN 4 ELSE 0 END")
+
+
+@dataclass(frozen=True)
+class PartColumns:
+    """The columns of one wide table, grouped by type, in the order the pivot fills them."""
+
+    table: str
+    columns: dict[int, tuple[str, ...]]  # kind -> column names
+
+
+@dataclass
+class PivotPlan:
+    """Channel index -> (part, type, position): built once per layout, used for every window."""
+
+    ship_id: str
+    channels: tuple[str, ...]
+    kind: np.ndarray  # int8 per channel index
+    part: np.ndarray  # int16 per channel index
+    pos: np.ndarray  # int32: position inside its (part, kind) group
+    parts: tuple[PartColumns, ...]
+
+    @classmethod
+    def from_layout(cls, layout: ShipSchema) -> PivotPlan:
+        """Build the plan of a ship's recorded layout."""
+        chans = layout.channel_map()
+        order: list[str] = []
+        kinds, parts_idx, pos = [], [], []
+        parts = []
+        for p_i, part in enumerate(layout.parts):
+            groups: dict[int, list[str]] = {}
+            for ch in part.channels:
+                k = KIND_OF_TYPE[chans[ch].pg_type]
+                groups.setdefault(k, [])
+                order.append(ch)
+                kinds.append(k)
+                parts_idx.append(p_i)
+                pos.append(len(groups[k]))
+                groups[k].append(chans[ch].column)
+            parts.append(PartColumns(part.table, {k: tuple(v) for k, v in groups.items()}))
+        return cls(
+            ship_id=layout.ship_id,
+            channels=tuple(order),
+            kind=np.array(kinds, dtype=np.int8),
+            part=np.array(parts_idx, dtype=np.int16),
+            pos=np.array(pos, dtype=np.int32),
+            parts=tuple(parts),
+        )
+
+    @property
+    def text_indexes(self) -> list[int]:
+        """Indexes of the channels whose column is text."""
+        return [int(i) for i in np.flatnonzero(self.kind == KIND_TEXT)]
+
+
+@dataclass
+class NarrowBatch:
+    """The decoded rows of one window: parallel typed arrays, plus the few text rows."""
+
+    ts: np.ndarray  # int64 microseconds since 2000-01-01
+    idx: np.ndarray  # int32 channel index, -1 for a channel the layout does not know
+    fmt: np.ndarray  # int8 format code
+    d: np.ndarray
+    l: np.ndarray  # noqa: E741 - the source column is long_v
+    b: np.ndarray
+    nulls: np.ndarray
+    text_ts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    text_idx: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+    text_fmt: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
+    text_values: list[bytes | None] = field(default_factory=list)
+    bytes_read: int = 0
+
+    @property
+    def rows(self) -> int:
+        """Narrow rows read."""
+        return int(self.ts.size + self.text_ts.size)
+
+
+class _BinaryRowSink:
+    """A file-like target for ``copy_expert`` that decodes fixed-width binary rows in large blocks.
+
+    psycopg2 calls ``write`` once per row, so ``write`` only appends; every few megabytes the
+    whole rows received so far are decoded with one ``numpy.frombuffer`` into compact typed arrays.
+    """
+
+    FLUSH_BYTES = 8 << 20
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._header_done = False
+        self._fields: dict[str, list[np.ndarray]] = {k: [] for k in ("ts", "idx", "fmt", "d", "l", "b", "nulls")}
+        self.bytes = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._buf += data
+        if len(self._buf) >= self.FLUSH_BYTES:
+            self._flush()
+        return len(data)
+
+    def _flush(self) -> None:
+        buf = self._buf
+        if not self._header_done:
+            if len(buf) < 19:
+                return
+            if bytes(buf[:11]) != _SIGNATURE:
+                raise ValueError("not a PostgreSQL binary COPY stream")
+            ext = struct.unpack(">i", buf[15:19])[0]
+            self.bytes += 19 + ext
+            del buf[: 19 + ext]
+            self._header_done = True
+        n = len(buf) // ROW_DTYPE.itemsize
+        if n:
+            rows = np.frombuffer(buf, dtype=ROW_DTYPE, count=n)
+            f = self._fields
+            f["ts"].append(rows["ts"].astype(np.int64))
+            f["idx"].append(rows["idx"].astype(np.int32))
+            f["fmt"].append(rows["fmt"].astype(np.int8))
+            f["d"].append(rows["d"].astype(np.float64))
+            f["l"].append(rows["l"].astype(np.int64))
+            f["b"].append(rows["b"].astype(bool))
+            f["nulls"].append(rows["nulls"].astype(np.int8))
+            del rows
+            self.bytes += n * ROW_DTYPE.itemsize
+            del buf[: n * ROW_DTYPE.itemsize]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The decoded columns, once the COPY has finished."""
+        self._flush()
+        if self._header_done and bytes(self._buf) not in (b"", _TRAILER):
+            raise ValueError(f"binary COPY stream ended with {len(self._buf)} unparsed bytes")
+        out = {}
+        for k, parts in self._fields.items():
+            dtype = {"ts": np.int64, "idx": np.int32, "fmt": np.int8, "d": np.float64, "l": np.int64,
+                     "b": bool, "nulls": np.int8}[k]
+            out[k] = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.empty(0, dtype))
+        return out
+
+
+def _copy_sql(cur, query: str, params: dict) -> str:
+    return "COPY (" + cur.mogrify(query, params).decode() + ") TO STDOUT (FORMAT binary)"
+
+
+def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: datetime) -> NarrowBatch:
+    """COPY the rows of ``plan.ship_id`` with ``start <= created_time < end`` out of the source.
+
+    ``cursor`` is a psycopg2 cursor on the source; ``source_sql`` the quoted table name.
+    Values are bound by the driver; identifiers were quoted by the caller.
+    """
+    text_set = set(plan.text_indexes)
+    params = {
+        "ship": plan.ship_id, "start": start, "end": end,
+        "chs": list(plan.channels),
+        "idx": list(range(len(plan.channels))),
+        "txt": [i in text_set for i in range(len(plan.channels))],
+    }
+    numeric = f"""SELECT s.created_time, coalesce(m.i, -1), ({_FMT_SQL})::int2,
+            coalesce(s.double_v, 0), coalesce(s.long_v, 0), coalesce(s.bool_v, false),
+            ((s.double_v IS NULL)::int + 2 * (s.long_v IS NULL)::int + 4 * (s.bool_v IS NULL)::int)::int2
+        FROM {source_sql} s
+        LEFT JOIN unnest(%(chs)s::text[], %(idx)s::int4[], %(txt)s::bool[]) AS m(ch, i, t)
+            ON m.ch = s.data_channel_id
+        WHERE s.ship_id = %(ship)s AND s.created_time >= %(start)s AND s.created_time < %(end)s
+          AND m.t IS NOT TRUE"""
+    sink = _BinaryRowSink()
+    cursor.copy_expert(_copy_sql(cursor, numeric, params), sink)
+    batch = NarrowBatch(**sink.arrays(), bytes_read=sink.bytes)
+    if text_set:
+        _read_text_rows(cursor, source_sql, plan, params, batch)
+    return batch
+
+
+def _read_text_rows(cursor, source_sql: str, plan: PivotPlan, params: dict, batch: NarrowBatch) -> None:
+    """Rows of text-column channels: their value rendered as text by the server."""
+    text_idx = plan.text_indexes
+    query = f"""SELECT s.created_time, m.i, ({_FMT_SQL})::int2,
+            CASE s.value_format WHEN 'String' THEN s.str_v WHEN 'Decimal' THEN s.double_v::text
+                 WHEN 'Integer' THEN s.long_v::text WHEN 'Boolean' THEN s.bool_v::text END
+        FROM unnest(%(tchs)s::text[], %(tidx)s::int4[]) AS m(ch, i)
+        JOIN {source_sql} s ON s.ship_id = %(ship)s AND s.data_channel_id = m.ch
+        WHERE s.created_time >= %(start)s AND s.created_time < %(end)s"""
+    p = dict(params, tchs=[plan.channels[i] for i in text_idx], tidx=text_idx)
+    buf = _CollectingSink()
+    cursor.copy_expert(_copy_sql(cursor, query, p), buf)
+    data = buf.getvalue()
+    ts, idx, fmt, vals = [], [], [], []
+    pos = 19 + struct.unpack(">i", data[15:19])[0]
+    unpack_row = struct.Struct(">hi q i i i h i").unpack_from
+    while True:
+        (nf,) = struct.unpack_from(">h", data, pos)
+        if nf == -1:
+            break
+        _, _, t, _, i, _, f, ln = unpack_row(data, pos)
+        pos += 32
+        if ln < 0:
+            vals.append(None)
+        else:
+            vals.append(bytes(data[pos:pos + ln]))
+            pos += ln
+        ts.append(t)
+        idx.append(i)
+        fmt.append(f)
+    batch.text_ts = np.array(ts, dtype=np.int64)
+    batch.text_idx = np.array(idx, dtype=np.int32)
+    batch.text_fmt = np.array(fmt, dtype=np.int8)
+    batch.text_values = vals
+    batch.bytes_read += len(data)
+
+
+class _CollectingSink:
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
+
+
+@dataclass
+class PartRows:
+    """The pivoted rows of one wide table: typed matrices with validity masks."""
+
+    table: str
+    ts: np.ndarray  # int64, one per wide row, ascending
+    matrices: dict[int, tuple[np.ndarray, np.ndarray, tuple[str, ...]]]  # kind -> (values, valid, columns)
+    text: dict[str, dict[int, bytes]] = field(default_factory=dict)  # column -> {row: utf-8 value}
+
+    @property
+    def cells(self) -> int:
+        """Non-NULL cells."""
+        return int(sum(v.sum() for _, v, _ in self.matrices.values()) + sum(len(c) for c in self.text.values()))
+
+
+@dataclass
+class Rejects:
+    """Rows that could not be written, with their reason codes (rare; plain lists)."""
+
+    ts: list[int] = field(default_factory=list)
+    channel: list[str] = field(default_factory=list)
+    reason: list[int] = field(default_factory=list)
+
+    def add(self, ts: np.ndarray, idx: np.ndarray, reason: np.ndarray, channels: tuple[str, ...]) -> None:
+        """Record rejected rows."""
+        self.ts.extend(int(t) for t in ts)
+        self.channel.extend(channels[int(i)] for i in idx)
+        self.reason.extend(int(r) for r in reason)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass
+class PivotResult:
+    """What :func:`pivot` made of a batch."""
+
+    parts: list[PartRows]
+    rejects: Rejects
+    unknown_rows: int
+    rows_read: int
+
+    @property
+    def wide_rows(self) -> int:
+        """Distinct timestamps written, over all parts."""
+        if not self.parts:
+            return 0
+        return int(np.unique(np.concatenate([p.ts for p in self.parts])).size)
+
+
+def _reasons(plan: PivotPlan, batch: NarrowBatch, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per known numeric row: the reject reason (0 = fine) and the kind of its column."""
+    idx = batch.idx[known]
+    fmt = batch.fmt[known]
+    nulls = batch.nulls[known]
+    kind = plan.kind[idx]
+    reason = np.zeros(idx.size, dtype=np.int8)
+    null_for_fmt = np.select(
+        [fmt == FMT_DECIMAL, fmt == FMT_INTEGER, fmt == FMT_BOOLEAN],
+        [(nulls & _NULL_D) != 0, (nulls & _NULL_L) != 0, (nulls & _NULL_B) != 0],
+        False,
+    )
+    reason[null_for_fmt] = 2
+    reason[fmt == FMT_UNKNOWN] = 1
+    reason[fmt == FMT_STRING] = 3
+    ok = reason == 0
+    reason[ok & (fmt == FMT_BOOLEAN) & (kind != KIND_BOOL)] = 4
+    reason[ok & (fmt != FMT_BOOLEAN) & (kind == KIND_BOOL)] = 5
+    to_int = ok & (fmt == FMT_DECIMAL) & (kind == KIND_BIGINT)
+    if to_int.any():
+        d = batch.d[known][to_int]
+        with np.errstate(invalid="ignore"):
+            fits = np.isfinite(d) & (np.floor(d) == d) & (d >= -(2.0**63)) & (d < 2.0**63)
+        bad = np.flatnonzero(to_int)[~fits]
+        reason[bad] = 6
+    return reason, kind
+
+
+def _reject_duplicates(t: np.ndarray, idx: np.ndarray, good: np.ndarray, reason: np.ndarray, n_channels: int) -> None:
+    """Mark all but the first row of a repeated (time, channel) as reason 7 (sources without a key)."""
+    key = t[good].astype(np.int64) * max(n_channels, 1) + idx[good]
+    if key.size == 0:
+        return
+    counts = np.bincount(key) if key.max() < 50_000_000 else None
+    if counts is not None and counts.max() <= 1:
+        return  # the common case: no duplicates, no sort needed
+    _, first = np.unique(key, return_index=True)
+    dup = np.ones(key.size, dtype=bool)
+    dup[first] = False
+    where = np.flatnonzero(good)[dup]
+    reason[where] = 7
+    good[where] = False
+
+
+def pivot(plan: PivotPlan, batch: NarrowBatch) -> PivotResult:
+    """Scatter ``batch`` into one typed matrix per (part, column type); collect rejects."""
+    rejects = Rejects()
+    known = batch.idx >= 0
+    unknown_rows = int((~known).sum())
+    reason, kind = _reasons(plan, batch, known)
+
+    text_known = batch.text_idx >= 0
+    text_vals_ok = np.array([v is not None for v in batch.text_values], dtype=bool)
+    text_reason = np.where(batch.text_fmt == FMT_UNKNOWN, 1, np.where(~text_vals_ok, 2, 0)).astype(np.int8)
+
+    all_ts = np.concatenate([batch.ts[known], batch.text_ts[text_known]])
+    uniq, codes = np.unique(all_ts, return_inverse=True)
+    n_num = int(known.sum())
+    t_num, t_txt = codes[:n_num], codes[n_num:]
+
+    idx = batch.idx[known]
+    good = reason == 0
+    _reject_duplicates(t_num, idx, good, reason, len(plan.channels))
+
+    bad = reason != 0
+    if bad.any():
+        rejects.add(batch.ts[known][bad], idx[bad], reason[bad], plan.channels)
+    if (text_reason != 0).any():
+        sel = text_reason != 0
+        rejects.add(batch.text_ts[sel], batch.text_idx[sel], text_reason[sel], plan.channels)
+
+    fmt = batch.fmt[known]
+    d = batch.d[known]
+    lv = batch.l[known]
+    bv = batch.b[known]
+    part_of = plan.part[idx]
+    pos = plan.pos[idx]
+    parts: list[PartRows] = []
+    for p_i, pc in enumerate(plan.parts):
+        in_part = good & (part_of == p_i)
+        rows_used = np.zeros(uniq.size, dtype=bool)
+        matrices = {}
+        for k, cols in pc.columns.items():
+            if k == KIND_TEXT:
+                continue
+            sel = in_part & (kind == k)
+            t = t_num[sel]
+            c = pos[sel]
+            if k == KIND_DOUBLE:
+                vals = np.where(fmt[sel] == FMT_INTEGER, lv[sel].astype(np.float64), d[sel])
+                m = np.zeros((uniq.size, len(cols)), dtype=np.float64)
+            elif k == KIND_BIGINT:
+                vals = np.where(fmt[sel] == FMT_DECIMAL, d[sel].astype(np.int64, copy=False), lv[sel])
+                m = np.zeros((uniq.size, len(cols)), dtype=np.int64)
+            else:
+                vals = bv[sel]
+                m = np.zeros((uniq.size, len(cols)), dtype=bool)
+            valid = np.zeros((uniq.size, len(cols)), dtype=bool)
+            m[t, c] = vals
+            valid[t, c] = True
+            rows_used[t] = True
+            matrices[k] = (m, valid, cols)
+        text: dict[str, dict[int, bytes]] = {}
+        if KIND_TEXT in pc.columns:
+            cols = pc.columns[KIND_TEXT]
+            txt_sel = np.flatnonzero(text_known)
+            for n, j in enumerate(txt_sel):
+                if text_reason[j] != 0:
+                    continue
+                ci = int(batch.text_idx[j])
+                if plan.part[ci] != p_i:
+                    continue
+                row = int(t_txt[n])
+                prev = text.setdefault(cols[plan.pos[ci]], {})
+                if row in prev:
+                    rejects.add(batch.text_ts[j:j + 1], batch.text_idx[j:j + 1], np.array([7]), plan.channels)
+                    continue
+                prev[row] = batch.text_values[j]  # type: ignore[assignment]
+                rows_used[row] = True
+        keep = np.flatnonzero(rows_used)
+        if keep.size == 0:
+            continue
+        remap = np.full(uniq.size, -1, dtype=np.int64)
+        remap[keep] = np.arange(keep.size)
+        matrices = {k: (m[keep], v[keep], cols) for k, (m, v, cols) in matrices.items()}
+        text = {c: {int(remap[r]): v for r, v in vals.items()} for c, vals in text.items()}
+        parts.append(PartRows(pc.table, uniq[keep], matrices, text))
+    return PivotResult(parts, rejects, unknown_rows, batch.rows)
+
+
+_BE = {KIND_DOUBLE: ">f8", KIND_BIGINT: ">i8", KIND_BOOL: "u1"}
+
+
+def _encode_block(fields: list[tuple[np.ndarray, np.ndarray, int]], texts: list[dict[int, bytes]],
+                  r0: int, r1: int) -> bytes:
+    """Binary COPY rows r0..r1 of ``fields`` ((n, k, w) big-endian bytes, (n, k) valid, w) and ``texts``."""
+    nb = r1 - r0
+    nf = sum(f[1].shape[1] for f in fields) + len(texts)
+    valid_parts = [v[r0:r1] for _, v, _ in fields]
+    len_parts = [np.where(v[r0:r1], w, 0) for _, v, w in fields]
+    for col in texts:
+        tv = np.zeros((nb, 1), dtype=bool)
+        tl = np.zeros((nb, 1), dtype=np.int64)
+        for r, val in col.items():
+            if r0 <= r < r1:
+                tv[r - r0, 0] = True
+                tl[r - r0, 0] = len(val)
+        valid_parts.append(tv)
+        len_parts.append(tl)
+    V = np.concatenate(valid_parts, axis=1)
+    L = np.concatenate(len_parts, axis=1).astype(np.int64)
+    W = 4 + L
+    row_len = 2 + W.sum(axis=1)
+    row_off = np.concatenate([[0], np.cumsum(row_len)[:-1]])
+    buf = np.empty(int(row_len.sum()), dtype=np.uint8)
+    buf[row_off] = (nf >> 8) & 0xFF
+    buf[row_off + 1] = nf & 0xFF
+    cell_off = row_off[:, None] + 2 + np.cumsum(W, axis=1) - W
+    dense = not texts and bool(V.all())
+    if dense:  # every cell present: each row has the same layout, write by strided views
+        rows = buf.reshape(nb, -1)
+        col = 0
+        for data, _, w in fields:
+            k = data.shape[1]
+            start = int(cell_off[0, col] - row_off[0])
+            view = rows[:, start:start + k * (4 + w)].reshape(nb, k, 4 + w)
+            view[:, :, :4] = np.frombuffer(np.array([w], ">i4").tobytes(), np.uint8)
+            view[:, :, 4:] = data[r0:r1]
+            col += k
+        return buf.tobytes()
+    lengths = np.ascontiguousarray(np.where(V, L, -1), dtype=">i4").view(np.uint8).reshape(nb, nf, 4)
+    buf[cell_off[:, :, None] + np.arange(4)] = lengths
+    col = 0
+    for data, valid, w in fields:
+        k = data.shape[1]
+        v = valid[r0:r1]
+        pos = cell_off[:, col:col + k][v] + 4
+        buf[pos[:, None] + np.arange(w)] = data[r0:r1][v]
+        col += k
+    for t_i, colvals in enumerate(texts):
+        for r, val in colvals.items():
+            if r0 <= r < r1:
+                p = int(cell_off[r - r0, col + t_i]) + 4
+                buf[p:p + len(val)] = np.frombuffer(val, np.uint8)
+    return buf.tobytes()
+
+
+def encode_copy(part: PartRows, time_column: str, block_rows: int = 1024) -> tuple[list[str], bytes]:
+    """The columns and ``COPY FROM STDIN (FORMAT binary)`` payload of ``part``.
+
+    Only columns with at least one value are sent; memory is bounded by ``block_rows``.
+    """
+    n = part.ts.size
+    ts = part.ts.astype(">i8").view(np.uint8).reshape(n, 1, 8)
+    fields: list[tuple[np.ndarray, np.ndarray, int]] = [(ts, np.ones((n, 1), dtype=bool), 8)]
+    columns = [time_column]
+    for kind, (m, v, cols) in sorted(part.matrices.items()):
+        present = np.flatnonzero(v.any(axis=0))
+        if present.size == 0:
+            continue
+        data = np.ascontiguousarray(m[:, present], dtype=_BE[kind])
+        w = data.dtype.itemsize
+        fields.append((data.view(np.uint8).reshape(n, present.size, w), v[:, present], w))
+        columns.extend(cols[i] for i in present)
+    texts = []
+    for col, vals in sorted(part.text.items()):
+        if vals:
+            columns.append(col)
+            texts.append(vals)
+    blocks = [_HEADER]
+    for r0 in range(0, n, block_rows):
+        blocks.append(_encode_block(fields, texts, r0, min(n, r0 + block_rows)))
+    blocks.append(_TRAILER)
+    return columns, b"".join(blocks)

@@ -1,0 +1,183 @@
+"""Migrate one window of one ship: read, pivot, merge, reject. Used by backfill, realtime and repair.
+
+The caller owns the transactions: the target connection's transaction holds the data (and the
+caller's bookkeeping, such as the ledger row), so data and bookkeeping commit together.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from database import raw_cursor
+from errors import SchemaError
+from narrow_source import SourceTable
+from pivot import REASONS, PivotPlan, encode_copy, pivot, read_window
+from runtime import Runtime
+from table_creator import add_channels, load_ship_layout
+from wide_layout import TIME_COLUMN, short_hash
+from wide_writer import delete_window, merge_copy
+
+log = logging.getLogger(__name__)
+
+_PG_EPOCH = datetime(2000, 1, 1)
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """What migrating one window did."""
+
+    ship_id: str
+    start: datetime
+    end: datetime
+    rows_read: int
+    cells_written: int
+    wide_rows: int
+    rejected: int
+    tables: tuple[str, ...]
+    read_seconds: float
+    pivot_seconds: float
+    write_seconds: float
+    newest: datetime | None = None
+
+
+class UnknownChannels(SchemaError):
+    """Rows of channels that have no column arrived during the read; they were not written."""
+
+    def __init__(self, ship_id: str, channels: list[str]):
+        self.channels = channels
+        super().__init__(f"ship {ship_id}: {len(channels)} channel(s) without a column: "
+                         f"{', '.join(channels[:5])}{' ...' if len(channels) > 5 else ''}")
+
+
+def ts_to_datetime(us: int, aware: bool) -> datetime:
+    """A binary COPY timestamp (microseconds since 2000-01-01) as a datetime."""
+    value = _PG_EPOCH + timedelta(microseconds=int(us))
+    return value.replace(tzinfo=timezone.utc) if aware else value
+
+
+class ShipPlanCache:
+    """The pivot plan of each ship, rebuilt when its layout changes (new channels)."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self._plans: dict[str, PivotPlan] = {}
+
+    def get(self, conn: Connection, ship_id: str, refresh: bool = False) -> PivotPlan:
+        """The plan of ``ship_id``; :class:`SchemaError` when it has no wide tables."""
+        if refresh or ship_id not in self._plans:
+            layout = load_ship_layout(conn, self.rt.settings.target_schema, ship_id)
+            if layout is None:
+                raise SchemaError(f"ship {ship_id} has no wide tables; run --mode schema-only and "
+                                  "--mode tables-only first")
+            self._plans[ship_id] = PivotPlan.from_layout(layout)
+        return self._plans[ship_id]
+
+    def ensure_channels(self, ship_id: str, time_type: str) -> PivotPlan:
+        """Give every channel the source has for ``ship_id`` a column (skip-scan), then return the plan."""
+        with self.rt.dbs.source.connect() as sconn:
+            present = self.rt.source.channels(sconn, ship_id)
+        with self.rt.dbs.target.connect() as tconn:
+            plan = self.get(tconn, ship_id)
+        missing = sorted(set(present) - set(plan.channels))
+        if missing:
+            with self.rt.dbs.target.begin() as tconn:
+                add_channels(self.rt, tconn, ship_id, missing, time_type)
+            with self.rt.dbs.target.connect() as tconn:
+                plan = self.get(tconn, ship_id, refresh=True)
+        return plan
+
+
+def unknown_channels_in(conn: Connection, source: SourceTable, plan: PivotPlan, start, end) -> list[str]:
+    """Channels in the window that the plan does not know."""
+    return list(conn.execute(text(
+        f"SELECT DISTINCT data_channel_id FROM {source.sql} WHERE ship_id = :s AND created_time >= :a "
+        "AND created_time < :b AND NOT (data_channel_id = ANY(CAST(:c AS text[])))"),
+        {"s": plan.ship_id, "a": start, "b": end, "c": list(plan.channels)}).scalars())
+
+
+def migrate_window(
+    rt: Runtime,
+    source_conn: Connection,
+    target_conn: Connection,
+    plan: PivotPlan,
+    start: datetime,
+    end: datetime,
+    replace: bool = False,
+) -> WindowResult:
+    """Move the rows of ``plan.ship_id`` with ``start <= created_time < end`` into the wide tables.
+
+    Writes in ``target_conn``'s open transaction (the caller commits). ``replace`` first deletes
+    the window's wide rows (validate --repair), so cells whose source row is gone disappear too.
+    Raises :class:`UnknownChannels` when rows of a channel without a column were read.
+    """
+    t0 = time.monotonic()
+    batch = read_window(raw_cursor(source_conn), rt.source.sql, plan, start, end)
+    t1 = time.monotonic()
+    if (batch.idx < 0).any():
+        raise UnknownChannels(plan.ship_id, unknown_channels_in(source_conn, rt.source, plan, start, end))
+    result = pivot(plan, batch)
+    t2 = time.monotonic()
+    schema = rt.settings.target_schema
+    cells = 0
+    tables = []
+    if replace:
+        for part in plan.parts:
+            delete_window(target_conn, schema, part.table, start, end)
+    for part in result.parts:
+        columns, payload = encode_copy(part, TIME_COLUMN)
+        merge_copy(target_conn, schema, part.table, columns, payload)
+        cells += part.cells
+        tables.append(part.table)
+    wide_rows = result.wide_rows
+    t3 = time.monotonic()
+    aware = isinstance(start, datetime) and start.tzinfo is not None
+    newest = None
+    if batch.ts.size or batch.text_ts.size:
+        newest_us = max(int(batch.ts.max()) if batch.ts.size else -(2**62),
+                        int(batch.text_ts.max()) if batch.text_ts.size else -(2**62))
+        newest = ts_to_datetime(newest_us, aware)
+    write_rejects(rt, source_conn, plan, start, end, result.rejects, aware)
+    return WindowResult(plan.ship_id, start, end, result.rows_read, cells, wide_rows, len(result.rejects),
+                        tuple(tables), t1 - t0, t2 - t1, t3 - t2, newest)
+
+
+def reject_file(rt: Runtime, ship_id: str, start: datetime, end: datetime) -> Path:
+    """Where the rejects of one ship's window are written."""
+    safe_ship = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in ship_id)[:40] + "-" + short_hash(ship_id, 6)
+    name = f"{start:%Y%m%dT%H%M%S}-{end:%Y%m%dT%H%M%S}.csv"
+    return rt.settings.reject_dir / safe_ship / name
+
+
+def write_rejects(rt: Runtime, source_conn: Connection, plan: PivotPlan, start, end, rejects, aware: bool) -> None:
+    """Write the window's reject file (the full source rows with their reason), or remove a stale one."""
+    path = reject_file(rt, plan.ship_id, start, end)
+    if not len(rejects):
+        path.unlink(missing_ok=True)
+        return
+    times = [ts_to_datetime(t, aware) for t in rejects.ts]
+    reason_of = {(c, t): REASONS[r] for c, t, r in zip(rejects.channel, times, rejects.reason, strict=True)}
+    rows = source_conn.execute(text(
+        f"""SELECT s.data_channel_id, s.created_time, s.value_format, s.double_v, s.long_v, s.bool_v,
+                   left(s.str_v, 200), s.server_created_time
+            FROM unnest(CAST(:c AS text[]), CAST(:t AS {'timestamptz' if aware else 'timestamp'}[])) AS r(ch, t)
+            JOIN {rt.source.sql} s ON s.ship_id = :s AND s.data_channel_id = r.ch AND s.created_time = r.t"""),
+        {"c": rejects.channel[:100_000], "t": times[:100_000], "s": plan.ship_id}).all()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["ship_id", "data_channel_id", "created_time", "value_format", "double_v", "long_v", "bool_v",
+                    "str_v", "server_created_time", "reason"])
+        for r in rows:
+            w.writerow([plan.ship_id, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
+                        reason_of.get((r[0], r[1]), "rejected")])
+    tmp.replace(path)
+    log.warning("ship %s %s..%s: %d value(s) rejected, see %s", plan.ship_id, start, end, len(rejects), path)
