@@ -73,14 +73,20 @@ class ChunkLedger:
     def plan(self, conn: Connection, ship_id: str, first: datetime, cutoff: datetime, hours: int) -> int:
         """Record the chunks [start, end) from ``first`` (rounded down to the hour) up to ``cutoff``.
 
-        Existing chunks are kept (a re-plan adds nothing); returns how many were added.
+        Windows already planned are kept as they are: only history before the earliest planned
+        chunk and after the latest one (a later cutoff) gets new chunks, so re-running with another
+        ``--chunk-hours`` never plans the same rows twice. Returns how many chunks were added.
         """
+        lo, hi = conn.execute(text(f"SELECT min(window_start), max(window_end) FROM {self.table} "
+                                   "WHERE ship_id = :s"), {"s": ship_id}).one()
         start = first.replace(minute=0, second=0, microsecond=0)
+        gaps = [(start, cutoff)] if lo is None else [(start, min(lo, cutoff)), (max(hi, start), cutoff)]
         windows = []
-        while start < cutoff:
-            end = min(start + timedelta(hours=hours), cutoff)
-            windows.append((start, end))
-            start = end
+        for a, b in gaps:
+            while a < b:
+                end = min(a + timedelta(hours=hours), b)
+                windows.append((a, end))
+                a = end
         if not windows:
             return 0
         ts = self._ts(conn)
@@ -175,6 +181,13 @@ class ChunkLedger:
             d["cells_written"] += int(cells)
             d["rejected"] += int(rejected)
         return out
+
+    def rows_done_since(self, conn: Connection, ship_ids: list[str], since: datetime) -> int:
+        """Narrow rows of the chunks finished at or after ``since`` (database time)."""
+        return int(conn.execute(text(
+            f"""SELECT coalesce(sum(rows_read), 0) FROM {self.table} WHERE status = 'done'
+                AND finished_at >= :t AND ship_id = ANY(CAST(:s AS text[]))"""),
+            {"t": since, "s": ship_ids}).scalar_one())
 
     def held_running(self, conn: Connection, ship_ids: list[str]) -> int:
         """How many 'running' chunks a live worker really holds (their advisory lock is taken)."""

@@ -304,7 +304,7 @@ def run_backfill(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: BackfillOpti
     cutoffs = prepare_backfill(rt, ships, opts)
     ledger = ChunkLedger(rt.settings.target_schema)
     with rt.dbs.target.connect() as conn:
-        before = sum(c.get("rows_read", 0) for c in ledger.counts(conn, ships).values())
+        run_started = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
     started = time.monotonic()
     progress = LedgerProgress(rt, ships) if opts.progress else None
     if progress:
@@ -316,8 +316,8 @@ def run_backfill(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: BackfillOpti
             progress.stop()
     seconds = time.monotonic() - started
     with rt.dbs.target.connect() as conn:
-        after = sum(c.get("rows_read", 0) for c in ledger.counts(conn, ships).values())
-    return summarize(rt, ships, cutoffs, seconds, after - before)
+        rows = ledger.rows_done_since(conn, ships, run_started)
+    return summarize(rt, ships, cutoffs, seconds, rows)
 
 
 # ----------------------------------------------------------------------------------------------

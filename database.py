@@ -121,16 +121,35 @@ def raw_cursor(conn: Connection):
 _PREPARER = None
 
 
-def qi(name: str) -> str:
-    """Quote ``name`` as an SQL identifier, always (through SQLAlchemy's PostgreSQL dialect)."""
+def quote_ident(name: str) -> str:
+    """``name`` quoted as an SQL identifier by SQLAlchemy's PostgreSQL rules, for driver-level SQL.
+
+    Use it only in statements sent straight to the driver without parameters (COPY, DDL on a raw
+    cursor); inside ``text()`` use :func:`qi`.
+    """
     global _PREPARER
     if _PREPARER is None:
         from sqlalchemy.dialects import postgresql
 
-        _PREPARER = postgresql.dialect().identifier_preparer
+        # the named paramstyle keeps '%' as it is (the pyformat dialects double it)
+        _PREPARER = postgresql.dialect(paramstyle="named").identifier_preparer
     return _PREPARER.quote_identifier(name)
 
 
+def qi(name: str) -> str:
+    """``name`` quoted as an SQL identifier for ``sqlalchemy.text()``.
+
+    Always quoted; a ':' is escaped so that ``text()`` does not read it as a bind parameter
+    (SQLAlchemy restores it, and doubles any '%' for the driver itself).
+    """
+    return quote_ident(name).replace(":", "\\:")
+
+
 def qualified(schema: str, table: str) -> str:
-    """``"schema"."table"``, both quoted."""
+    """``"schema"."table"``, both quoted, for ``text()``."""
     return f"{qi(schema)}.{qi(table)}"
+
+
+def qualified_raw(schema: str, table: str) -> str:
+    """``"schema"."table"``, both quoted, for driver-level SQL without parameters."""
+    return f"{quote_ident(schema)}.{quote_ident(table)}"

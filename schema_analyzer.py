@@ -111,6 +111,17 @@ def read_routing_file(path: Path) -> dict[str, int]:
     return routing
 
 
+def name_parts(ship_id: str, planned: list[PlannedPart], old_names: dict[int, str],
+               taken: set[str]) -> tuple[TablePart, ...]:
+    """Table names for planned parts: recorded names stay; a lone first part has no suffix."""
+    single = len(planned) == 1 and not old_names
+    return tuple(
+        TablePart(p.number, old_names.get(p.number) or table_name_for(ship_id, None if single else p.number, taken),
+                  p.channels)
+        for p in planned
+    )
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(sep=" ")
 
@@ -123,6 +134,7 @@ def analyze_ship(
     routing: dict[str, int] | None = None,
     previous: ShipSchema | None = None,
     time_type: str = "timestamp without time zone",
+    taken_tables: set[str] | None = None,
 ) -> ShipSchema:
     """Analyse one ship and lay out its wide tables, keeping ``previous`` decisions."""
     src = rt.source
@@ -177,12 +189,7 @@ def analyze_ship(
     except ValueError as exc:
         raise SchemaError(f"ship {ship_id}: {exc}; move channels to another part in the routing file") from exc
     old_names = {p.number: p.table for p in previous.parts} if previous else {}
-    single = len(planned) == 1 and not old_names
-    parts = tuple(
-        TablePart(p.number, old_names.get(p.number) or table_name_for(ship_id, None if single else p.number),
-                  p.channels)
-        for p in planned
-    )
+    parts = name_parts(ship_id, planned, old_names, taken_tables or set())
     part_of = {ch: p.number for p in parts for ch in p.channels}
     chans = tuple(
         ChannelSchema(channel_id=ch, column=columns[ch], part=part_of[ch], **infos[ch]) for ch in sorted(infos)
@@ -220,8 +227,11 @@ def analyze_source(
                     previous.column_style, column_style)
         column_style = previous.column_style
     results = []
+    taken = {p.table for sid, s in prev_ships.items() if sid not in ships for p in s.parts}
     for ship in ships:
-        results.append(analyze_ship(rt, ship, sample_hours, column_style, routing, prev_ships.get(ship), time_type))
+        results.append(analyze_ship(rt, ship, sample_hours, column_style, routing, prev_ships.get(ship), time_type,
+                                    taken))
+        taken |= {p.table for p in results[-1].parts}
         log.info("analysed ship %s: %d channels in %d part(s)", ship, len(results[-1].channels),
                  len(results[-1].parts))
     # ships analysed before and not asked for now stay in the file

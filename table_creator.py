@@ -21,8 +21,8 @@ from sqlalchemy.exc import ProgrammingError
 from database import qi, qualified
 from errors import SchemaError
 from runtime import Runtime
-from schema_analyzer import ChannelSchema, SchemaAnalysis, ShipSchema, TablePart, load_schema
-from wide_layout import TIME_COLUMN, PlannedPart, assign_columns, place_channels, resolve_type, table_name_for
+from schema_analyzer import ChannelSchema, SchemaAnalysis, ShipSchema, TablePart, load_schema, name_parts
+from wide_layout import TIME_COLUMN, PlannedPart, assign_columns, place_channels, resolve_type
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +227,9 @@ def add_channels(rt: Runtime, conn: Connection, ship_id: str, channel_ids: list[
     old_parts = [PlannedPart(p.number, p.channels) for p in layout.parts] if layout else []
     planned = place_channels(old_parts, types, None, time_type, {c: s.pg_type for c, s in known.items()})
     old_names = {p.number: p.table for p in layout.parts} if layout else {}
-    parts = tuple(TablePart(p.number, old_names.get(p.number) or table_name_for(
-        ship_id, None if (not old_names and len(planned) == 1) else p.number), p.channels) for p in planned)
+    taken = set(conn.execute(text(f"SELECT table_name FROM {qualified(schema, TABLES_META)} WHERE ship_id <> :s"),
+                             {"s": ship_id}).scalars())
+    parts = name_parts(ship_id, planned, old_names, taken)
     part_of = {ch: p.number for p in parts for ch in p.channels}
     chans = list(known.values()) + [
         ChannelSchema(channel_id=c, column=columns[c], pg_type=types[c], part=part_of[c]) for c in new]

@@ -119,14 +119,19 @@ def assign_columns(
     return mapping
 
 
-def table_name_for(ship_id: str, part: int | None) -> str:
-    """``tbl_data_timeseries_<ship id in lower case>[_<part>]``, shortened with a hash past 63 bytes."""
+def table_name_for(ship_id: str, part: int | None, taken: Iterable[str] = ()) -> str:
+    """``tbl_data_timeseries_<ship id in lower case>[_<part>]``.
+
+    A name past 63 bytes, or one already ``taken`` (two ship ids that differ only in case), gets
+    a hash of the ship id before the part suffix, so every ship and part has its own table.
+    """
     base = f"tbl_data_timeseries_{ship_id.lower()}"
     suffix = "" if part is None else f"_{part}"
     name = base + suffix
-    if len(name.encode("utf-8")) <= MAX_IDENTIFIER_BYTES:
+    if len(name.encode("utf-8")) <= MAX_IDENTIFIER_BYTES and name not in set(taken):
         return name
-    return _with_hash(base, ship_id, "_") + suffix if len(suffix) < 8 else _with_hash(name, name, "_")
+    room = MAX_IDENTIFIER_BYTES - len(suffix.encode())
+    return _truncate_bytes(base, room - 9) + "_" + short_hash(ship_id) + suffix
 
 
 def row_bytes(column_types: Iterable[str], time_type: str = "timestamp without time zone") -> int:

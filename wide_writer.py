@@ -10,20 +10,22 @@ from __future__ import annotations
 import io
 from functools import lru_cache
 
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from database import qi, qualified, raw_cursor
+from database import qi, qualified, qualified_raw, quote_ident, raw_cursor
 from wide_layout import TIME_COLUMN, short_hash
 
 
 @lru_cache(maxsize=256)
 def merge_sql(schema: str, table: str, stage: str, columns: tuple[str, ...]) -> str:
     """The ``INSERT ... ON CONFLICT DO UPDATE`` that merges ``stage`` into ``schema.table``."""
-    cols = ", ".join(qi(c) for c in columns)
-    updates = ", ".join(f"{qi(c)} = COALESCE(EXCLUDED.{qi(c)}, w.{qi(c)})" for c in columns if c != TIME_COLUMN)
+    q = quote_ident
+    cols = ", ".join(q(c) for c in columns)
+    updates = ", ".join(f"{q(c)} = COALESCE(EXCLUDED.{q(c)}, w.{q(c)})" for c in columns if c != TIME_COLUMN)
     conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-    return (f"INSERT INTO {qualified(schema, table)} AS w ({cols}) SELECT {cols} FROM {qi(stage)} "
-            f"ON CONFLICT ({qi(TIME_COLUMN)}) {conflict}")
+    return (f"INSERT INTO {qualified_raw(schema, table)} AS w ({cols}) SELECT {cols} FROM {q(stage)} "
+            f"ON CONFLICT ({q(TIME_COLUMN)}) {conflict}")
 
 
 def merge_copy(conn: Connection, schema: str, table: str, columns: list[str], payload: bytes) -> int:
@@ -32,20 +34,20 @@ def merge_copy(conn: Connection, schema: str, table: str, columns: list[str], pa
     Runs inside ``conn``'s transaction; the stage is a temporary table dropped at commit.
     """
     stage = "stage_" + short_hash(f"{schema}.{table}", 12)
+    q = quote_ident
     cur = raw_cursor(conn)
-    cur.execute(f"DROP TABLE IF EXISTS pg_temp.{qi(stage)}")
-    cur.execute(f"CREATE TEMP TABLE {qi(stage)} (LIKE {qualified(schema, table)}) ON COMMIT DROP")
-    cols = ", ".join(qi(c) for c in columns)
-    cur.copy_expert(f"COPY {qi(stage)} ({cols}) FROM STDIN (FORMAT binary)", io.BytesIO(payload))
+    cur.execute(f"DROP TABLE IF EXISTS pg_temp.{q(stage)}")
+    cur.execute(f"CREATE TEMP TABLE {q(stage)} (LIKE {qualified_raw(schema, table)}) ON COMMIT DROP")
+    cols = ", ".join(q(c) for c in columns)
+    cur.copy_expert(f"COPY {q(stage)} ({cols}) FROM STDIN (FORMAT binary)", io.BytesIO(payload))
     cur.execute(merge_sql(schema, table, stage, tuple(columns)))
     merged = cur.rowcount
-    cur.execute(f"DROP TABLE pg_temp.{qi(stage)}")
+    cur.execute(f"DROP TABLE pg_temp.{q(stage)}")
     return merged
 
 
 def delete_window(conn: Connection, schema: str, table: str, start, end) -> int:
     """Delete the wide rows with ``start <= created_time < end`` (used by ``validate --repair``)."""
-    cur = raw_cursor(conn)
-    cur.execute(f"DELETE FROM {qualified(schema, table)} WHERE {qi(TIME_COLUMN)} >= %s AND {qi(TIME_COLUMN)} < %s",
-                (start, end))
-    return cur.rowcount
+    result = conn.execute(text(f"DELETE FROM {qualified(schema, table)} WHERE {qi(TIME_COLUMN)} >= :a "
+                               f"AND {qi(TIME_COLUMN)} < :b"), {"a": start, "b": end})
+    return int(result.rowcount)

@@ -90,3 +90,24 @@ def cli_env(settings) -> dict[str, str]:
         "TARGET_SCHEMA": settings.target_schema,
         "STATE_DIR": str(settings.state_dir),
     }
+
+
+@pytest.fixture
+def prepared(runtime):
+    """Seed a small fleet, analyse it and create its wide tables; returns the seed result."""
+    from datetime import datetime
+
+    from demo_data import DemoSpec, seed_demo
+    from schema_analyzer import analyze_source
+    from table_creator import create_tables
+
+    def make(ships: int = 2, channels: int = 12, days: float = 0.25, offline_hours: float = 1.0,
+             end: datetime = datetime(2024, 10, 2), **kw):
+        seed = seed_demo(runtime.dbs.source, runtime.source,
+                         DemoSpec(ships=ships, channels=channels, days=days, offline_hours=offline_hours,
+                                  late_channel_share=0.2, end=end, **kw))
+        analyze_source(runtime)
+        create_tables(runtime)
+        return seed
+
+    return make

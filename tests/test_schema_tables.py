@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
-from sqlalchemy.exc import StatementError
 
 import errors
 from database import qi, qualified
@@ -298,15 +297,9 @@ def test_awkward_channel_ids_get_distinct_working_columns(runtime, style):
 @pytest.mark.parametrize(
     "channel",
     [
-        pytest.param("load%pct", marks=pytest.mark.xfail(
-            strict=True, raises=AssertionError,
-            reason="database.qi doubles '%' (psycopg2 pyformat) and table_creator.apply_ship_layout embeds it "
-                   "in text(): the column is created as 'load%%pct' while migrator_columns records 'load%pct'; "
-                   "a second tables-only then fails with DuplicateColumn")),
-        pytest.param("flow :raw", marks=pytest.mark.xfail(
-            strict=True, raises=StatementError,
-            reason="table_creator.apply_ship_layout builds CREATE TABLE with text(): ' :raw' inside the quoted "
-                   "column name is parsed as a bind parameter, so tables-only fails")),
+        "load%pct",
+        "flow :raw",
+        "a::b %(x)s :y",
     ],
 )
 def test_percent_and_colon_in_channel_ids_id_style(runtime, channel):
@@ -328,9 +321,6 @@ def test_percent_and_colon_in_channel_ids_id_style(runtime, channel):
     assert again.ships[0].columns_added == 0
 
 
-@pytest.mark.xfail(strict=True, raises=errors.SchemaError,
-                   reason="wide_layout.table_name_for: part names of a ship id >= 42 chars are 65 bytes; "
-                          "PostgreSQL truncates _1 and _2 to one name and tables-only refuses part 2")
 def test_long_ship_id_with_two_parts(runtime):
     ship = "SHIP-" + "X" * 45
     seed_series(runtime, ship, 1001)
@@ -343,9 +333,6 @@ def test_long_ship_id_with_two_parts(runtime):
         assert_tables_match_metadata(conn, schema, ship)
 
 
-@pytest.mark.xfail(strict=True, raises=errors.SchemaError,
-                   reason="wide_layout.table_name_for lower-cases the ship id without a hash: ships 'IMOAB1' and "
-                          "'imoab1' both map to tbl_data_timeseries_imoab1; tables-only refuses the second")
 def test_ship_ids_differing_only_in_case_get_their_own_tables(runtime):
     seed_rows(runtime, [("IMOAB1", "a", T0, "Decimal", 1.0), ("imoab1", "a", T0, "Decimal", 2.0)])
     analyze_source(runtime)

@@ -81,8 +81,6 @@ def test_table_name_for_short_ids():
     assert table_name_for("IMO9999993", 2) == "tbl_data_timeseries_imo9999993_2"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="table_name_for appends '_<part>' after hashing the name to 63 bytes: 65-byte names")
 @pytest.mark.parametrize("length", [42, 50])
 def test_table_name_for_long_ship_ids_fit_63_bytes_and_differ(length):
     ship = "S" * length
