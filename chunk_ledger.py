@@ -103,24 +103,56 @@ class ChunkLedger:
             "AND attname = 'window_start'"), {"t": self.table}).scalar_one()
         return dtype
 
-    def reset_failed(self, conn: Connection, ship_ids: list[str]) -> int:
-        """Put the failed chunks of ``ship_ids`` back to pending (``--retry-failed``)."""
-        result = conn.execute(text(
+    def reset_failed(self, conn: Connection, ship_ids: list[str]) -> list[int]:
+        """Put the failed chunks of ``ship_ids`` back to pending (``--retry-failed``); returns their ids."""
+        return list(conn.execute(text(
             f"UPDATE {self.table} SET status = 'pending', attempts = 0 WHERE status = 'failed' "
-            "AND ship_id = ANY(CAST(:s AS text[]))"), {"s": ship_ids})
-        return int(result.rowcount)
+            "AND ship_id = ANY(CAST(:s AS text[])) RETURNING id"), {"s": ship_ids}).scalars())
 
-    def claim(self, conn: Connection, ship_ids: list[str], only_failed_ids: list[int] | None = None) -> Chunk | None:
-        """Claim the next chunk nobody holds, newest window first; returns None when none is left.
+    def split_failed(self, conn: Connection, ship_ids: list[str], min_hours: int = 1) -> list[int]:
+        """Replace each failed chunk longer than ``min_hours`` by its two halves (whole hours), pending.
 
-        ``conn`` must stay open while the chunk is worked on: it holds the advisory lock.
-        The claim itself is committed (status ``running``) so that status shows it.
+        The halves cover exactly the window they replace, so nothing is planned twice. Returns the
+        ids of the new chunks; an empty list when no failed chunk can be split further.
+        """
+        rows = conn.execute(text(
+            f"""DELETE FROM {self.table} WHERE status = 'failed' AND ship_id = ANY(CAST(:s AS text[]))
+                AND window_end - window_start > make_interval(hours => :h)
+                RETURNING ship_id, window_start, window_end"""), {"s": ship_ids, "h": min_hours}).all()
+        ids: list[int] = []
+        for ship, start, end in rows:
+            hours = max(int((end - start).total_seconds() // 3600) // 2, min_hours)
+            middle = start + timedelta(hours=hours)
+            for a, b in ((start, middle), (middle, end)):
+                ids.extend(conn.execute(text(
+                    f"""INSERT INTO {self.table} (ship_id, window_start, window_end) VALUES (:s, :a, :b)
+                        ON CONFLICT (ship_id, window_start, window_end) DO NOTHING RETURNING id"""),
+                    {"s": ship, "a": a, "b": b}).scalars())
+        return ids
+
+    def unfinished(self, conn: Connection, ship_ids: list[str], only_ids: list[int] | None = None) -> int:
+        """How many chunks of ``ship_ids`` (or only of ``only_ids``) are still pending or running."""
+        with conn.begin():
+            return int(conn.execute(text(
+                f"""SELECT count(*) FROM {self.table} WHERE status IN ('pending', 'running')
+                    AND ship_id = ANY(CAST(:s AS text[]))
+                    AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))"""),
+                {"s": ship_ids, "ids": only_ids}).scalar_one())
+
+    def claim(self, conn: Connection, ship_ids: list[str], only_ids: list[int] | None = None) -> Chunk | None:
+        """Claim the next chunk nobody holds, newest window first; None when every unfinished one is held.
+
+        ``only_ids`` restricts the claim to those chunks (``--retry-failed``). ``conn`` must stay
+        open while the chunk is worked on: it holds the advisory lock. The claim itself is
+        committed (status ``running``) so that status shows it.
         """
         with conn.begin():
             candidates = conn.execute(text(
                 f"""SELECT id FROM {self.table}
                     WHERE status IN ('pending', 'running') AND ship_id = ANY(CAST(:s AS text[]))
-                    ORDER BY window_start DESC, ship_id LIMIT 256"""), {"s": ship_ids}).scalars().all()
+                    AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))
+                    ORDER BY window_start DESC, ship_id LIMIT 256"""),
+                {"s": ship_ids, "ids": only_ids}).scalars().all()
         for chunk_id in candidates:
             got = conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"),
                                {"k": self._lock_key(chunk_id)}).scalar()

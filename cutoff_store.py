@@ -1,10 +1,10 @@
-"""The cutoff store: per ship, the backfill cutoff, the realtime watermark and a stream cursor.
+"""The cutoff store: per ship, the backfill cutoff, the realtime watermark and cursors.
 
 Everything lives in one human-readable JSON file (``STATE_DIR/cutoffs.json``)::
 
     {
       "ships": {
-        "IMO9999993": {"cutoff": "2024-10-02T17:00:00", "stream_cursor": null, "watermark": null}
+        "IMO9999993": {"cutoff": "2024-10-02T17:00:00", "insert_cursor": null, "stream_cursor": null, "watermark": null}
       },
       "version": 1
     }
@@ -39,7 +39,7 @@ from errors import CutoffConflict, StateError
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
-_FIELDS = ("cutoff", "watermark", "stream_cursor")
+_FIELDS = ("cutoff", "watermark", "stream_cursor", "insert_cursor")
 _CORRUPT_HINT = "restore it from backup or fix it by hand; refusing to guess cutoffs"
 
 
@@ -50,6 +50,7 @@ class ShipState:
     cutoff: datetime | None = None
     watermark: datetime | None = None
     stream_cursor: datetime | None = None
+    insert_cursor: datetime | None = None  # realtime's server_created_time cursor
 
 
 class CutoffStore:
@@ -130,6 +131,10 @@ class CutoffStore:
     def set_stream_cursor(self, ship_id: str, cursor: datetime) -> ShipState:
         """Advance the stream cursor of a ship; an older value than the stored one is ignored."""
         return self._advance(ship_id, "stream_cursor", cursor)
+
+    def set_insert_cursor(self, ship_id: str, cursor: datetime) -> ShipState:
+        """Advance the realtime server_created_time cursor of a ship; an older value is ignored."""
+        return self._advance(ship_id, "insert_cursor", cursor)
 
     def remove(self, ship_id: str) -> bool:
         """Forget a ship entirely (for tests and operators); true when it was present."""

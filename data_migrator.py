@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
+import psycopg2
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -150,11 +151,15 @@ def prepare_backfill(rt: Runtime, ships: list[str], opts: BackfillOptions) -> di
             ledger.ensure(tconn, time_type)
             added = ledger.plan(tconn, ship, first, cutoff, hours) if first is not None and first < cutoff else 0
         log.info("ship %s: history %s .. %s, %d new chunk(s) of %d h", ship, first, cutoff, added, hours)
-    if opts.retry_failed:
-        with rt.dbs.target.begin() as tconn:
-            n = ledger.reset_failed(tconn, ships)
-        log.info("retrying %d failed chunk(s)", n)
     return cutoffs
+
+
+def retry_failed_chunks(rt: Runtime, ships: list[str]) -> list[int]:
+    """Put the failed chunks of ``ships`` back to pending; returns their ids (the only ones to run)."""
+    with rt.dbs.target.begin() as tconn:
+        ids = ChunkLedger(rt.settings.target_schema).reset_failed(tconn, ships)
+    log.info("retrying %d failed chunk(s)", len(ids))
+    return ids
 
 
 def _error_text(exc: BaseException) -> str:
@@ -181,11 +186,14 @@ def process_chunk(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: Shi
 
 
 def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_seconds: float = 1.0,
-                stop: threading.Event | None = None) -> WorkerStats:
-    """The worker loop: claim, migrate, mark, until no chunk is left (or ``stop`` is set).
+                stop: threading.Event | None = None, only_ids: list[int] | None = None) -> WorkerStats:
+    """The worker loop: claim, migrate, mark, until every chunk is finished (or ``stop`` is set).
 
     A failing chunk is retried with exponential backoff up to ``max_attempts`` times, then marked
-    failed with its error; the loop goes on with the other chunks.
+    failed with its error; the loop goes on with the other chunks. When the only unfinished chunks
+    are held by other sessions (a live worker, or the backend of a killed one that has not noticed
+    yet) the loop waits for them rather than exit with work undone: it takes a chunk over the
+    moment its holder's lock goes, and returns once the ledger is drained.
     """
     ledger = ChunkLedger(rt.settings.target_schema)
     cache = ShipPlanCache(rt)
@@ -193,15 +201,25 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
     with rt.dbs.source.connect() as sconn:
         time_type = rt.source.time_type(sconn)
     conn = rt.dbs.target.connect()
+    waited = 0.0
     try:
         while not (stop and stop.is_set()):
-            chunk = ledger.claim(conn, ships)
+            chunk = ledger.claim(conn, ships, only_ids)
             if chunk is None:
-                break
+                held = ledger.unfinished(conn, ships, only_ids)
+                if held == 0:
+                    break
+                if waited == 0.0:
+                    log.info("waiting for %d chunk(s) held by other sessions", held)
+                pause = min(0.2 + waited / 10, 2.0)
+                time.sleep(pause)
+                waited += pause
+                continue
+            waited = 0.0
             try:
                 stats.rows_read += process_chunk(rt, conn, ledger, cache, chunk, time_type)
                 stats.chunks_done += 1
-            except (DBAPIError, MigratorError, OSError, ValueError) as exc:
+            except (DBAPIError, psycopg2.Error, MigratorError, OSError, ValueError) as exc:
                 if isinstance(exc, UnknownChannels):
                     cache.get(conn, chunk.ship_id, refresh=True)
                 error = _error_text(exc)
@@ -221,7 +239,7 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
                 if not conn.invalidated:
                     try:
                         ledger.release(conn, chunk.id)
-                    except DBAPIError:
+                    except (DBAPIError, psycopg2.Error):
                         conn = _fresh_connection(rt, conn)
     finally:
         conn.close()
@@ -235,35 +253,47 @@ def _fresh_connection(rt: Runtime, conn: Connection) -> Connection:
         conn.execute(text("SELECT 1"))
         conn.commit()
         return conn
-    except DBAPIError:
+    except (DBAPIError, psycopg2.Error):
         log.info("target connection lost; reconnecting")
         try:
+            conn.invalidate()
             conn.close()
-        except DBAPIError:
-            pass
+        except (DBAPIError, psycopg2.Error) as exc:
+            log.debug("closing the lost connection: %s", exc)
         return rt.dbs.target.connect()
 
 
-def _worker_process(settings: Settings, ships: list[str], max_attempts: int, backoff: float, log_level: int) -> None:
+def _worker_process(settings: Settings, ships: list[str], max_attempts: int, backoff: float, log_level: int,
+                    only_ids: list[int] | None) -> None:
     logging.basicConfig(level=log_level, format="%(message)s")
     with open_runtime(settings, "narrow-to-wide-worker") as rt:
-        work_chunks(rt, ships, max_attempts, backoff)
+        work_chunks(rt, ships, max_attempts, backoff, only_ids=only_ids)
 
 
-def run_workers(rt: Runtime, ships: list[str], workers: int, max_attempts: int, backoff: float) -> None:
-    """Run ``workers`` worker processes (or the loop in this process when 1) until the ledger is drained."""
+def run_workers(rt: Runtime, ships: list[str], workers: int, max_attempts: int, backoff: float,
+                only_ids: list[int] | None = None, stop: threading.Event | None = None) -> None:
+    """Run ``workers`` worker processes (or the loop in this process when 1) until the ledger is drained.
+
+    ``stop`` ends the run early: the in-process loop finishes its chunk; worker processes are
+    terminated, and the chunk each was writing rolls back (it stays pending for the next run).
+    """
     if workers <= 1:
-        work_chunks(rt, ships, max_attempts, backoff)
+        work_chunks(rt, ships, max_attempts, backoff, stop=stop, only_ids=only_ids)
         return
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
-    procs = [ctx.Process(target=_worker_process, args=(rt.settings, ships, max_attempts, backoff, level),
+    procs = [ctx.Process(target=_worker_process, args=(rt.settings, ships, max_attempts, backoff, level, only_ids),
                          name=f"backfill-worker-{i}") for i in range(workers)]
     for p in procs:
         p.start()
     try:
-        for p in procs:
-            p.join()
+        while any(p.is_alive() for p in procs):
+            if stop is not None and stop.is_set():
+                log.info("stopping %d worker process(es)", sum(p.is_alive() for p in procs))
+                for p in procs:
+                    p.terminate()
+            for p in procs:
+                p.join(0.5)
     finally:
         for p in procs:
             if p.is_alive():
@@ -302,6 +332,7 @@ def run_backfill(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: BackfillOpti
     """``--mode migration-only``: backfill every chunk before each ship's cutoff."""
     ships = resolve_ships(rt, ship_ids)
     cutoffs = prepare_backfill(rt, ships, opts)
+    only_ids = retry_failed_chunks(rt, ships) if opts.retry_failed else None
     ledger = ChunkLedger(rt.settings.target_schema)
     with rt.dbs.target.connect() as conn:
         run_started = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
@@ -310,7 +341,7 @@ def run_backfill(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: BackfillOpti
     if progress:
         progress.start()
     try:
-        run_workers(rt, ships, opts.workers, opts.max_attempts, opts.backoff_seconds)
+        run_workers(rt, ships, opts.workers, opts.max_attempts, opts.backoff_seconds, only_ids)
     finally:
         if progress:
             progress.stop()
@@ -374,7 +405,7 @@ def ship_status(rt: Runtime, conn: Connection, ship_id: str, store: CutoffStore,
     watermark = state.watermark if state else None
     lag = None
     if watermark is not None:
-        newest = _newest_wide_time(conn, schema, tables)
+        newest = newest_wide_time(conn, schema, tables)
         if newest is not None:
             lag = max(0.0, (_as_comparable(now, newest) - newest).total_seconds())
     if total == 0:
@@ -394,7 +425,8 @@ def ship_status(rt: Runtime, conn: Connection, ship_id: str, store: CutoffStore,
         lag_seconds=lag, last_error=ledger.last_error(conn, ship_id) if total else None)
 
 
-def _newest_wide_time(conn: Connection, schema: str, tables: dict[str, int]) -> datetime | None:
+def newest_wide_time(conn: Connection, schema: str, tables: dict[str, int]) -> datetime | None:
+    """The newest created_time in the given wide tables of one ship (``None`` when they are empty)."""
     if not tables:
         return None
     union = " UNION ALL ".join(f"(SELECT max(created_time) AS t FROM {qualified(schema, t)})" for t in tables)

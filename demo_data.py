@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -154,6 +155,7 @@ def insert_rows(
     end: datetime,
     spec: DemoSpec,
     server_time_sql: str = "t.ts + interval '2 seconds'",
+    extra_params: dict | None = None,
 ) -> int:
     """Insert one row per ship, channel and interval in [start, end); returns the rows inserted."""
     span = (end - start).total_seconds()
@@ -195,6 +197,69 @@ def insert_rows(
             "offline_ship": offline_ship,
             "off_from": offline_from,
             "off_to": offline_to,
+            **(extra_params or {}),
         },
     )
     return int(result.rowcount)
+
+
+class LiveWriter:
+    """Insert live rows from a background thread, as ships do: every ``every_seconds``, one row per
+    ship and channel at the database's current second, and (every ``late_every`` ticks) a late row
+    ``late_minutes`` old. For the demo and the tests; the times come from the database."""
+
+    def __init__(self, engine: Engine, source: SourceTable, ship_ids: tuple[str, ...], channels: int,
+                 every_seconds: float = 1.0, late_every: int = 0, late_minutes: float = 60.0,
+                 timezone: str = "UTC"):
+        self.engine = engine
+        self.source = source
+        self.ship_ids = ship_ids
+        self.channels = demo_channels(channels)
+        self.every = every_seconds
+        self.late_every = late_every
+        self.late_minutes = late_minutes
+        self.timezone = timezone
+        self.rows = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-writer", daemon=True)
+
+    def start(self) -> LiveWriter:
+        """Start inserting."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        """Stop, wait for the last insert to commit, and return the rows inserted; re-raises a failure."""
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.rows
+
+    def tick(self, n: int) -> int:
+        """One insert: the current second for every ship and channel, plus a late second now and then."""
+        spec = DemoSpec(interval_seconds=1, late_channel_share=0.0, offline_hours=0.0)
+        server = "CAST(:server_now AS timestamp)"
+        with self.engine.begin() as conn:
+            server_now = conn.execute(text("SELECT now() AT TIME ZONE :tz"), {"tz": self.timezone}).scalar_one()
+            now = server_now.replace(microsecond=0)
+            extra = {"server_now": server_now}
+            rows = insert_rows(conn, self.source, self.ship_ids, self.channels, now, now + timedelta(seconds=1),
+                               spec, server_time_sql=server, extra_params=extra)
+            if self.late_every and n % self.late_every == 0:
+                late = now - timedelta(minutes=self.late_minutes) + timedelta(milliseconds=500)
+                rows += insert_rows(conn, self.source, self.ship_ids, self.channels, late,
+                                    late + timedelta(seconds=1), spec, server_time_sql=server, extra_params=extra)
+        return rows
+
+    def _run(self) -> None:
+        n = 0
+        try:
+            while not self._stop.is_set():
+                n += 1
+                self.rows += self.tick(n)
+                self._stop.wait(self.every)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by stop()
+            log.error("live writer failed: %s", exc)
+            self.error = exc

@@ -100,6 +100,10 @@ def run_mode(mode: str, settings: Settings, opts: dict) -> tuple[object, int]:
 @click.option("--interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
               help="Minutes between realtime cycles (fractions allowed).")
 @click.option("--once", is_flag=True, help="realtime: run one cycle and exit (for cron).")
+@click.option("--cursor", type=click.Choice(["created_time", "server_created_time"]), default="created_time",
+              show_default=True, help="realtime: find new rows by created_time (with a lookback) or by insert time.")
+@click.option("--wait-lock", is_flag=True,
+              help="realtime: wait for a ship held by another processor instead of exiting.")
 @click.option("--run-for", type=click.FloatRange(min=0), help="Finish the current step and exit after SECONDS.")
 @click.option("--sample-hours", type=click.FloatRange(min=0.01),
               help="schema-only: take formats and counts from the newest HOURS of each ship only.")
@@ -158,6 +162,8 @@ def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> No
         click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback; log: {settings.log_file})",
                    err=True)
         sys.exit(1)
+    if quiet_cycle and code == 0:
+        result = None  # cron mails whatever is printed: a good --once cycle prints nothing
     if result is not None:
         if opts["as_json"]:
             click.echo(json.dumps(to_jsonable(result), indent=2, ensure_ascii=False))

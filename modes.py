@@ -7,6 +7,7 @@ Each handler returns ``(result, exit_code)``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from config import Settings
 from runtime import open_runtime
@@ -83,3 +84,36 @@ def validate(settings: Settings, opts: dict) -> tuple[object, int]:
 
 
 HANDLERS.update({"migration-only": migration_only, "status": status, "validate": validate})
+
+
+def realtime(settings: Settings, opts: dict) -> tuple[object, int]:
+    """Keep the wide tables current (long-lived, or one cycle with --once)."""
+    from realtime_processor import RealtimeOptions, run_realtime
+
+    options = RealtimeOptions(interval_minutes=opts["interval"], once=opts["once"], run_for=opts["run_for"],
+                              cursor=opts["cursor"], wait_for_lock=opts["wait_lock"])
+    with open_runtime(settings, "narrow-to-wide realtime") as rt:
+        result = run_realtime(rt, settings.ship_ids, options)
+    return result, 0 if (result.ok or not opts["once"]) else 1
+
+
+HANDLERS["realtime"] = realtime
+
+
+def run_strategy(settings: Settings, opts: dict, name: str) -> tuple[object, int]:
+    """``--mode concurrent|hybrid|streaming``: the strategy of that name from :data:`strategies.REGISTRY`."""
+    from strategies import StrategyOptions, get_strategy
+
+    strategy = get_strategy(name)
+    options = StrategyOptions(
+        interval_minutes=opts["interval"], run_for=opts["run_for"], workers=opts["workers"],
+        chunk_hours=opts["chunk_hours"], cutoff_time=opts["cutoff_time"], force=opts["force"],
+        cursor=opts["cursor"])
+    with open_runtime(settings, f"narrow-to-wide {name}") as rt:
+        result = strategy.run(rt, settings.ship_ids, options)
+    return result, 0 if result.ok else 1
+
+
+STRATEGY_MODES = ("concurrent", "hybrid", "streaming")  # the names of strategies.REGISTRY, checked by a test
+for _name in STRATEGY_MODES:
+    HANDLERS[_name] = partial(run_strategy, name=_name)

@@ -101,6 +101,36 @@ def _validate(r) -> str:
     return "\n".join(lines)
 
 
+def _realtime(r) -> str:
+    lines = [f"Realtime: {r.cycles} cycle(s), {r.failed_cycles} failed, {r.rows_read:,} rows read, "
+             f"{r.cells_written:,} cells written; stopped: {r.stopped_because}"]
+    for s in r.last.ships if r.last else ():
+        if s.error:
+            lines.append(f"  FAILED {s.ship_id}: {s.error}")
+            continue
+        lines.append(f"  {s.ship_id}: window {s.window_start} .. {s.window_end}, {s.rows_read:,} rows, "
+                     f"watermark {s.watermark}, lag {_lag(s.lag_seconds)}"
+                     + (f", {s.late_hours} late hour(s)" if s.late_hours else "")
+                     + (f", {s.ahead_rows:,} row(s) ahead of database time" if s.ahead_rows else ""))
+    return "\n".join(lines)
+
+
+def _strategy(r) -> str:
+    lines = [f"{r.strategy}: ran {r.seconds:,.1f} s, stopped: {r.stopped_because}"]
+    if r.backfill is not None:
+        lines.append(f"  backfill {'complete' if r.backfill_complete else 'not complete (run the same command again)'}"
+                     f": {r.backfill.rows_read:,} rows in {r.backfill.seconds:,.1f} s "
+                     f"({r.backfill.rows_per_second:,.0f} rows/s)")
+        for ship, start, end, err in r.backfill.failed_chunks:
+            lines.append(f"  FAILED {ship} {start} .. {end}: {err}")
+    if r.stream_rows:
+        lines.append(f"  streamed {r.stream_rows:,} rows")
+    if r.realtime is not None:
+        lines.append("  " + _realtime(r.realtime).replace("\n", "\n  "))
+    lines.append("Next: python main.py --mode status, then python main.py --mode validate")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[object], str]] = {
     "demo": _seed,
     "schema-only": _schema,
@@ -108,6 +138,10 @@ RENDERERS: dict[str, Callable[[object], str]] = {
     "migration-only": _backfill,
     "status": _status,
     "validate": _validate,
+    "realtime": _realtime,
+    "concurrent": _strategy,
+    "hybrid": _strategy,
+    "streaming": _strategy,
 }
 
 

@@ -92,6 +92,11 @@ def claimed_ranges(rt: Runtime, conn: Connection, ship_id: str) -> list[tuple[da
     state = CutoffStore(rt.settings.cutoff_file).get(ship_id)
     if state and state.cutoff and state.watermark and state.watermark > state.cutoff:
         ranges.append((state.cutoff, state.watermark))
+    if state and state.stream_cursor:  # streaming: everything from the ship's first row up to its cursor
+        with rt.dbs.source.connect() as sconn:
+            first = rt.source.first_time(sconn, ship_id, rt.source.channels(sconn, ship_id))
+        if first is not None and first < state.stream_cursor:
+            ranges.append((first, state.stream_cursor))
     ranges.sort()
     merged: list[tuple[datetime, datetime]] = []
     for a, b in ranges:

@@ -111,3 +111,17 @@ def prepared(runtime):
         return seed
 
     return make
+
+
+@pytest.fixture
+def procs(tmp_path, cli_env, engine, schemas):
+    """Start CLI processes; at teardown kill the survivors and end their sleeping backends."""
+    from tests.cli_procs import Procs
+
+    p = Procs(tmp_path, cli_env)
+    yield p
+    p.kill_all()
+    with engine.begin() as conn:  # a backend orphaned by a kill may sit in pg_sleep holding locks
+        conn.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND application_name LIKE 'narrow-to-wide%' AND strpos(query, :s) > 0"), {"s": schemas[1]})

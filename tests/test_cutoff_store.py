@@ -70,7 +70,8 @@ def test_file_format_is_readable_sorted_and_versioned(store, path):
     text = path.read_text()
     assert json.loads(text) == {
         "version": 1,
-        "ships": {SHIP: {"cutoff": "2024-10-02T17:00:00", "watermark": None, "stream_cursor": None}},
+        "ships": {SHIP: {"cutoff": "2024-10-02T17:00:00", "watermark": None, "stream_cursor": None,
+                         "insert_cursor": None}},
     }
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
     assert _files(path.parent) == ["cutoffs.json", "cutoffs.json.lock"]
