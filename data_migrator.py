@@ -300,7 +300,7 @@ def run_workers(rt: Runtime, ships: list[str], workers: int, max_attempts: int, 
                 p.terminate()
                 p.join(5)
     crashed = [p.name for p in procs if p.exitcode not in (0, None)]
-    if crashed:
+    if crashed and not (stop is not None and stop.is_set()):
         log.warning("worker process(es) exited abnormally: %s", ", ".join(crashed))
 
 
@@ -327,28 +327,36 @@ def summarize(rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], secon
                           round(rows_read / seconds, 1) if seconds > 0 else 0.0, retry)
 
 
+def drain_ledger(rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], workers: int = 1,
+                 max_attempts: int = 3, backoff_seconds: float = 1.0, only_ids: list[int] | None = None,
+                 stop: threading.Event | None = None, progress: bool = True) -> BackfillResult:
+    """Run the workers until the ledger of ``ships`` is drained (or ``stop``); the ledger's figures."""
+    ledger = ChunkLedger(rt.settings.target_schema)
+    with rt.dbs.target.connect() as conn:
+        run_started = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    started = time.monotonic()
+    reporter = LedgerProgress(rt, ships) if progress else None
+    if reporter:
+        reporter.start()
+    try:
+        run_workers(rt, ships, workers, max_attempts, backoff_seconds, only_ids, stop=stop)
+    finally:
+        if reporter:
+            reporter.stop()
+    seconds = time.monotonic() - started
+    with rt.dbs.target.connect() as conn:
+        rows = ledger.rows_done_since(conn, ships, run_started)
+    return summarize(rt, ships, cutoffs, seconds, rows)
+
+
 def run_backfill(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: BackfillOptions = BackfillOptions()
                  ) -> BackfillResult:
     """``--mode migration-only``: backfill every chunk before each ship's cutoff."""
     ships = resolve_ships(rt, ship_ids)
     cutoffs = prepare_backfill(rt, ships, opts)
     only_ids = retry_failed_chunks(rt, ships) if opts.retry_failed else None
-    ledger = ChunkLedger(rt.settings.target_schema)
-    with rt.dbs.target.connect() as conn:
-        run_started = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
-    started = time.monotonic()
-    progress = LedgerProgress(rt, ships) if opts.progress else None
-    if progress:
-        progress.start()
-    try:
-        run_workers(rt, ships, opts.workers, opts.max_attempts, opts.backoff_seconds, only_ids)
-    finally:
-        if progress:
-            progress.stop()
-    seconds = time.monotonic() - started
-    with rt.dbs.target.connect() as conn:
-        rows = ledger.rows_done_since(conn, ships, run_started)
-    return summarize(rt, ships, cutoffs, seconds, rows)
+    return drain_ledger(rt, ships, cutoffs, opts.workers, opts.max_attempts, opts.backoff_seconds, only_ids,
+                        progress=opts.progress)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def make_engine(url: str, application_name: str = "narrow-to-wide") -> Engine:
         url,
         pool_pre_ping=True,
         pool_size=2,
-        max_overflow=4,
+        max_overflow=8,  # strategies run realtime, a backfill worker and progress in one process
         connect_args={"application_name": application_name, "connect_timeout": 10},
     )
 

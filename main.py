@@ -32,7 +32,7 @@ MODES: dict[str, str] = {
     "streaming": "One cursor per ship from its first row up to the live data.",
     "status": "Show per-ship progress: chunks, rows, cutoff, watermark, rejects.",
     "validate": "Compare the wide tables with the source per hour bucket (--repair fixes).",
-    "demo": "Seed a generated fleet into the (embedded) database.",
+    "demo": "Run the whole guide on a generated fleet with a live writer (--seed-only: only seed it).",
 }
 
 

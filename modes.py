@@ -16,12 +16,16 @@ Handler = Callable[[Settings, dict], tuple[object, int]]
 
 
 def demo(settings: Settings, opts: dict) -> tuple[object, int]:
-    """Seed a generated fleet into the source table."""
+    """Seed a generated fleet (``--seed-only``), or run the whole guide on it."""
     from demo_data import DemoSpec, seed_demo
+    from demo_guide import run_demo
 
     spec = DemoSpec(ships=opts["ships"], channels=opts["channels"], days=opts["days"])
     with open_runtime(settings) as rt:
-        return seed_demo(rt.dbs.source, rt.source, spec), 0
+        if opts["seed_only"]:
+            return seed_demo(rt.dbs.source, rt.source, spec), 0
+        result = run_demo(rt, spec)
+    return result, 0 if result.ok else 1
 
 
 HANDLERS: dict[str, Handler] = {

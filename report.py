@@ -131,8 +131,20 @@ def _strategy(r) -> str:
     return "\n".join(lines)
 
 
+def _demo(r) -> str:
+    if not hasattr(r, "steps"):
+        return _seed(r)
+    lines = [_seed(r.seed), f"A live writer inserted {r.live_rows:,} rows while the steps ran:"]
+    lines += [f"  {name}: {seconds:,.1f} s" for name, seconds in r.steps]
+    lines += ["", _strategy(r.strategy).rsplit("\n", 1)[0], "", _status(r.status), "", _validate(r.validation), "",
+              f"Demo finished in {r.seconds:,.1f} s.",
+              "Try next: python main.py --mode status; python main.py --mode realtime --interval 0.25; "
+              "python main.py --mode validate; see README.md for the methods and their guarantees."]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[object], str]] = {
-    "demo": _seed,
+    "demo": _demo,
     "schema-only": _schema,
     "tables-only": _tables,
     "migration-only": _backfill,

@@ -7,11 +7,7 @@ import threading
 import time
 from contextlib import nullcontext
 
-from sqlalchemy import text
-
-from chunk_ledger import ChunkLedger
-from data_migrator import BackfillOptions, BackfillResult, prepare_backfill, resolve_ships, run_workers, summarize
-from progress import LedgerProgress
+from data_migrator import BackfillOptions, BackfillResult, drain_ledger, prepare_backfill, resolve_ships
 from realtime_processor import CycleResult, RealtimeOptions, RealtimeResult, run_realtime
 from runtime import Runtime
 from stopping import stop_on_signals
@@ -89,17 +85,19 @@ class ConcurrentStrategy(Strategy):
             realtime = RealtimeThread(rt, ships, opts, stop).start()
             try:
                 backfill = self.backfill(rt, ships, cutoffs, opts, stop)
-                complete = not stop.is_set() and all(s.pending == 0 for s in backfill.ships) \
-                    and not backfill.failed_chunks
-                if complete:
-                    log.info("backfill done: %s rows in %.1f s (%s rows/s); realtime keeps running%s",
+                drained = not stop.is_set() and all(s.pending == 0 for s in backfill.ships)
+                complete = drained and not backfill.failed_chunks
+                if drained:
+                    log.info("backfill %s: %s rows in %.1f s (%s rows/s); realtime keeps running%s",
+                             "done" if complete else f"ended with {len(backfill.failed_chunks)} failed chunk(s)",
                              f"{backfill.rows_read:,}", backfill.seconds, f"{backfill.rows_per_second:,.0f}",
                              "" if opts.stop_when_caught_up else " until stopped (Ctrl-C)")
-                    if opts.stop_when_caught_up:
-                        # one full realtime cycle after the backfill: then both sides are current
-                        if realtime.wait_for_good_cycles(realtime.cycles_ok):
-                            stop.set()
-                reason = "caught-up" if opts.stop_when_caught_up and complete else None
+                reason = None
+                if drained and opts.stop_when_caught_up:
+                    # one full realtime cycle after the backfill: then both sides are current
+                    if realtime.wait_for_good_cycles(realtime.cycles_ok):
+                        reason = "caught-up"
+                        stop.set()
                 while not stop.wait(0.5):
                     pass
             finally:
@@ -114,17 +112,5 @@ class ConcurrentStrategy(Strategy):
     def backfill(self, rt: Runtime, ships: list[str], cutoffs: dict, opts: StrategyOptions,
                  stop: threading.Event) -> BackfillResult:
         """The chunked backfill of every ship (until drained or ``stop``)."""
-        with rt.dbs.target.connect() as conn:
-            since = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
-        began = time.monotonic()
-        progress = LedgerProgress(rt, ships) if opts.progress else None
-        if progress:
-            progress.start()
-        try:
-            run_workers(rt, ships, opts.workers, opts.max_attempts, opts.backoff_seconds, stop=stop)
-        finally:
-            if progress:
-                progress.stop()
-        with rt.dbs.target.connect() as conn:
-            rows = ChunkLedger(rt.settings.target_schema).rows_done_since(conn, ships, since)
-        return summarize(rt, ships, cutoffs, time.monotonic() - began, rows)
+        return drain_ledger(rt, ships, cutoffs, opts.workers, opts.max_attempts, opts.backoff_seconds,
+                            stop=stop, progress=opts.progress)

@@ -118,3 +118,15 @@ def test_registry_and_modes_agree_and_unknown_names_are_listed():
     assert all(name in modes.HANDLERS for name in REGISTRY)
     with pytest.raises(ConfigError, match="choose one of concurrent, hybrid, streaming"):
         get_strategy("sequential")
+
+
+def test_the_demo_runs_the_whole_guide_and_validates(procs, engine, settings):
+    code, out, err = procs.run("--mode", "demo", "--ships", "2", "--channels", "6", "--days", "0.05", timeout=180)
+    assert code == 0, err
+    assert "Validation passed." in out and "Demo finished in" in out
+    for step in ("schema-only", "tables-only", "concurrent", "last realtime cycle"):
+        assert step in out
+    ships = ("IMO9999993", "IMO9999994")
+    for ship in ships:  # the oracle agrees with the tool's own validation
+        diff = compare(engine, settings, ship)
+        assert diff.exact and diff.expected > 0, (ship, diff)
