@@ -314,6 +314,12 @@ class Rejects:
         self.channel.extend(channels[int(i)] for i in idx)
         self.reason.extend(int(r) for r in reason)
 
+    def extend(self, other: Rejects) -> None:
+        """Add the rejects of another block."""
+        self.ts.extend(other.ts)
+        self.channel.extend(other.channel)
+        self.reason.extend(other.reason)
+
     def __len__(self) -> int:
         return len(self.ts)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Connection
 from database import raw_cursor
 from errors import SchemaError
 from narrow_source import SourceTable
-from pivot import REASONS, PivotPlan, encode_copy, pivot, read_window
+from pivot import REASONS, PivotPlan, Rejects, encode_copy, pivot, read_window
 from runtime import Runtime
 from table_creator import add_channels, load_ship_layout
 from wide_layout import TIME_COLUMN, short_hash
@@ -28,6 +29,8 @@ from wide_writer import delete_window, merge_copy
 log = logging.getLogger(__name__)
 
 _PG_EPOCH = datetime(2000, 1, 1)
+READ_BLOCKS = 6  # a window is read in up to this many time blocks (pipelined with pivot and write)
+BLOCK_MIN = timedelta(minutes=30)  # never smaller blocks than this
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,20 @@ def unknown_channels_in(conn: Connection, source: SourceTable, plan: PivotPlan, 
         {"s": plan.ship_id, "a": start, "b": end, "c": list(plan.channels)}).scalars())
 
 
+def _blocks(start: datetime, end: datetime, count: int) -> list[tuple[datetime, datetime]]:
+    """``[start, end)`` cut into at most ``count`` blocks of whole minutes (one block when short)."""
+    span = end - start
+    step = max(span / count, BLOCK_MIN)
+    step = timedelta(minutes=max(1, round(step.total_seconds() / 60)))
+    out = []
+    a = start
+    while a < end:
+        b = min(a + step, end)
+        out.append((a, b))
+        a = b
+    return out or [(start, end)]
+
+
 def migrate_window(
     rt: Runtime,
     source_conn: Connection,
@@ -117,36 +134,57 @@ def migrate_window(
     Writes in ``target_conn``'s open transaction (the caller commits). ``replace`` first deletes
     the window's wide rows (validate --repair), so cells whose source row is gone disappear too.
     Raises :class:`UnknownChannels` when rows of a channel without a column were read.
+
+    The window is read in time blocks (a wide row never spans two: it is one created_time), and
+    the next block is read by a helper thread while this one pivots and writes, so the source's
+    COPY out overlaps the target's COPY in and merge; memory is bounded by a block, not the window.
     """
-    t0 = time.monotonic()
-    batch = read_window(raw_cursor(source_conn), rt.source.sql, plan, start, end)
-    t1 = time.monotonic()
-    if (batch.idx < 0).any():
-        raise UnknownChannels(plan.ship_id, unknown_channels_in(source_conn, rt.source, plan, start, end))
-    result = pivot(plan, batch)
-    t2 = time.monotonic()
     schema = rt.settings.target_schema
-    cells = 0
-    tables = []
     if replace:
         for part in plan.parts:
             delete_window(target_conn, schema, part.table, start, end)
-    for part in result.parts:
-        columns, payload = encode_copy(part, TIME_COLUMN)
-        merge_copy(target_conn, schema, part.table, columns, payload)
-        cells += part.cells
-        tables.append(part.table)
-    wide_rows = result.wide_rows
-    t3 = time.monotonic()
+    cursor = raw_cursor(source_conn)
+    blocks = _blocks(start, end, READ_BLOCKS)
+    rows = cells = wide_rows = 0
+    tables: set[str] = set()
+    rejects = Rejects()
+    newest_us: int | None = None
+    t_read = t_pivot = t_write = 0.0
     aware = isinstance(start, datetime) and start.tzinfo is not None
-    newest = None
-    if batch.ts.size or batch.text_ts.size:
-        newest_us = max(int(batch.ts.max()) if batch.ts.size else -(2**62),
-                        int(batch.text_ts.max()) if batch.text_ts.size else -(2**62))
-        newest = ts_to_datetime(newest_us, aware)
-    write_rejects(rt, source_conn, plan, start, end, result.rejects, aware)
-    return WindowResult(plan.ship_id, start, end, result.rows_read, cells, wide_rows, len(result.rejects),
-                        tuple(tables), t1 - t0, t2 - t1, t3 - t2, newest)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-reader") as reader:
+        pending = reader.submit(read_window, cursor, rt.source.sql, plan, *blocks[0])
+        for k in range(len(blocks)):
+            t0 = time.monotonic()
+            batch = pending.result()
+            t1 = time.monotonic()
+            t_read += t1 - t0
+            if k + 1 < len(blocks):
+                pending = reader.submit(read_window, cursor, rt.source.sql, plan, *blocks[k + 1])
+            if (batch.idx < 0).any():
+                if k + 1 < len(blocks):
+                    pending.result()  # let the reader finish before the connection is used again
+                raise UnknownChannels(plan.ship_id, unknown_channels_in(source_conn, rt.source, plan, start, end))
+            result = pivot(plan, batch)
+            t2 = time.monotonic()
+            for part in result.parts:
+                columns, payload = encode_copy(part, TIME_COLUMN)
+                merge_copy(target_conn, schema, part.table, columns, payload)
+                cells += part.cells
+                tables.add(part.table)
+            t_pivot += t2 - t1
+            t_write += time.monotonic() - t2
+            rows += result.rows_read
+            wide_rows += result.wide_rows
+            rejects.extend(result.rejects)
+            for ts in (batch.ts, batch.text_ts):
+                if ts.size:
+                    newest_us = max(newest_us if newest_us is not None else -(2**62), int(ts.max()))
+            del batch, result
+    newest = ts_to_datetime(newest_us, aware) if newest_us is not None else None
+    write_rejects(rt, source_conn, plan, start, end, rejects, aware)
+    ordered = tuple(p.table for p in plan.parts if p.table in tables)
+    return WindowResult(plan.ship_id, start, end, rows, cells, wide_rows, len(rejects), ordered,
+                        t_read, t_pivot, t_write, newest)
 
 
 def reject_file(rt: Runtime, ship_id: str, start: datetime, end: datetime) -> Path:
