@@ -195,10 +195,6 @@ class SourceClock:
     server_type: str | None  # type of server_created_time, None when the source has no such column
 
 
-def _server_now(conn: Connection, server_type: str, tz: str) -> datetime:
-    return database_now(conn, server_type, tz)
-
-
 def write_window(rt: Runtime, cache: ShipPlanCache, ship_id: str, start: datetime, end: datetime,
                  time_type: str) -> WindowResult:
     """Migrate ``[start, end)`` of one ship in one transaction under the ship's write lock.
@@ -246,7 +242,7 @@ def sync_ship(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: Sour
         ahead, ahead_max = sconn.execute(text(
             f"SELECT count(*), max(created_time) FROM {src} WHERE created_time >= :lim AND ship_id = :s"),
             {"lim": limit, "s": ship_id}).one()
-        server_now = _server_now(sconn, clock.server_type, tz) if clock.server_type else None
+        server_now = database_now(sconn, clock.server_type, tz) if clock.server_type else None
     if ahead:
         log.warning("ship %s: %d row(s) with created_time up to %s are more than %s ahead of the database's "
                     "time %s; they are not migrated until their time comes (check SOURCE_TIMEZONE and the "
@@ -257,13 +253,11 @@ def sync_ship(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: Sour
     start = base - timedelta(minutes=rt.settings.realtime_lookback_minutes)
     end = now - timedelta(seconds=opts.settle_seconds)
     rows = cells = rejected = 0
-    newest = None
     for a, b in _pieces(start, end, rt.settings.chunk_hours):
         result = write_window(rt, cache, ship_id, a, b, clock.time_type)
         rows += result.rows_read
         cells += result.cells_written
         rejected += result.rejected
-        newest = result.newest or newest
         if b > base:
             store.set_watermark(ship_id, b)
 
@@ -293,9 +287,9 @@ def sync_ship(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: Sour
         plan = cache.get(tconn, ship_id)
         newest = newest_wide_time(tconn, rt.settings.target_schema, {p.table: 0 for p in plan.parts})
     lag = (now - newest).total_seconds() if newest is not None else None
-    watermark = store.get(ship_id)
+    stored = store.get(ship_id)
     return ShipCycle(ship_id, start, end, rows, cells, rejected, late_hours, int(ahead),
-                     watermark.watermark if watermark else None,
+                     stored.watermark if stored else None,
                      round(lag, 3) if lag is not None else None, round(time.monotonic() - started, 3))
 
 
