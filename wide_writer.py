@@ -22,8 +22,13 @@ def merge_sql(schema: str, table: str, stage: str, columns: tuple[str, ...]) -> 
     """The ``INSERT ... ON CONFLICT DO UPDATE`` that merges ``stage`` into ``schema.table``."""
     q = quote_ident
     cols = ", ".join(q(c) for c in columns)
-    updates = ", ".join(f"{q(c)} = COALESCE(EXCLUDED.{q(c)}, w.{q(c)})" for c in columns if c != TIME_COLUMN)
-    conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    data = [c for c in columns if c != TIME_COLUMN]
+    updates = ", ".join(f"{q(c)} = COALESCE(EXCLUDED.{q(c)}, w.{q(c)})" for c in data)
+    # a row whose cells would not change is left alone: re-reading a window (the realtime lookback,
+    # a rerun) then writes no new row versions, so no dead tuples and no WAL for unchanged data
+    changed = (f"ROW({', '.join(f'w.{q(c)}' for c in data)}) IS DISTINCT FROM "
+               f"ROW({', '.join(f'COALESCE(EXCLUDED.{q(c)}, w.{q(c)})' for c in data)})")
+    conflict = f"DO UPDATE SET {updates} WHERE {changed}" if data else "DO NOTHING"
     return (f"INSERT INTO {qualified_raw(schema, table)} AS w ({cols}) SELECT {cols} FROM {q(stage)} "
             f"ON CONFLICT ({q(TIME_COLUMN)}) {conflict}")
 

@@ -197,3 +197,18 @@ def test_killing_the_processor_at_random_points_loses_nothing(runtime, prepared,
     code, _, err = procs.run("--mode", "realtime", "--once")
     assert code == 0, err
     _backfill_and_compare(runtime, seed.ship_ids)
+
+
+def test_re_reading_the_lookback_writes_no_new_row_versions(runtime, prepared):
+    seed = prepared(ships=1, channels=5, days=0.05, end=None, offline_hours=0)
+    ship = seed.ship_ids[0]
+    table = qualified(runtime.settings.target_schema, f"tbl_data_timeseries_{ship.lower()}")
+    run_realtime(runtime, (), ONCE)
+    versions = "SELECT created_time, xmin::text FROM {t} ORDER BY 1"
+    with runtime.dbs.target.connect() as conn:
+        before = conn.execute(text(versions.format(t=table))).all()
+    again = run_realtime(runtime, (), ONCE)
+    assert again.ok and again.rows_read > 0  # the lookback was read again ...
+    with runtime.dbs.target.connect() as conn:
+        after = dict(conn.execute(text(versions.format(t=table))).all())
+    assert before and all(after[t] == x for t, x in before)  # ... and no row got a new version
