@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import psycopg2
@@ -212,7 +213,10 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
                 if waited == 0.0:
                     log.info("waiting for %d chunk(s) held by other sessions", held)
                 pause = min(0.2 + waited / 10, 2.0)
-                time.sleep(pause)
+                if stop is not None and stop.wait(pause):
+                    break
+                if stop is None:
+                    time.sleep(pause)
                 waited += pause
                 continue
             waited = 0.0
@@ -327,19 +331,39 @@ def summarize(rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], secon
                           round(rows_read / seconds, 1) if seconds > 0 else 0.0, retry)
 
 
+class ProgressReporter(Protocol):
+    """Something that reports backfill progress while the workers run (``LedgerProgress``, ...)."""
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
 def drain_ledger(rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], workers: int = 1,
                  max_attempts: int = 3, backoff_seconds: float = 1.0, only_ids: list[int] | None = None,
-                 stop: threading.Event | None = None, progress: bool = True) -> BackfillResult:
-    """Run the workers until the ledger of ``ships`` is drained (or ``stop``); the ledger's figures."""
+                 stop: threading.Event | None = None, reporter: ProgressReporter | None = None,
+                 split_failing: bool = False) -> BackfillResult:
+    """Run the workers until the ledger of ``ships`` is drained (or ``stop``); the ledger's figures.
+
+    ``split_failing``: chunks still failed once the ledger is drained are split in halves (down
+    to one hour, :meth:`ChunkLedger.split_failed`) and only the halves are run, until none splits.
+    """
     ledger = ChunkLedger(rt.settings.target_schema)
     with rt.dbs.target.connect() as conn:
         run_started = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
     started = time.monotonic()
-    reporter = LedgerProgress(rt, ships) if progress else None
     if reporter:
         reporter.start()
     try:
-        run_workers(rt, ships, workers, max_attempts, backoff_seconds, only_ids, stop=stop)
+        while True:
+            run_workers(rt, ships, workers, max_attempts, backoff_seconds, only_ids, stop=stop)
+            if not split_failing or (stop is not None and stop.is_set()):
+                break
+            with rt.dbs.target.begin() as conn:
+                only_ids = ledger.split_failed(conn, ships)
+            if not only_ids:
+                break
+            log.warning("split failing chunk(s) into %d smaller window(s); running them", len(only_ids))
     finally:
         if reporter:
             reporter.stop()
@@ -356,7 +380,7 @@ def run_backfill(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: BackfillOpti
     cutoffs = prepare_backfill(rt, ships, opts)
     only_ids = retry_failed_chunks(rt, ships) if opts.retry_failed else None
     return drain_ledger(rt, ships, cutoffs, opts.workers, opts.max_attempts, opts.backoff_seconds, only_ids,
-                        progress=opts.progress)
+                        reporter=LedgerProgress(rt, ships) if opts.progress else None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from functools import partial
 
 from config import Settings
 from runtime import open_runtime
+from strategies import REGISTRY
 
 Handler = Callable[[Settings, dict], tuple[object, int]]
 
@@ -118,6 +119,6 @@ def run_strategy(settings: Settings, opts: dict, name: str) -> tuple[object, int
     return result, 0 if result.ok else 1
 
 
-STRATEGY_MODES = ("concurrent", "hybrid", "streaming")  # the names of strategies.REGISTRY, checked by a test
+STRATEGY_MODES = tuple(REGISTRY)  # one --mode per registered strategy
 for _name in STRATEGY_MODES:
     HANDLERS[_name] = partial(run_strategy, name=_name)

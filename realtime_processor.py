@@ -202,12 +202,11 @@ def write_window(rt: Runtime, cache: ShipPlanCache, ship_id: str, start: datetim
     A channel without a column gets one (the processor keeps running) and the window is read again.
     """
     for attempt in (1, 2):
-        with rt.dbs.target.connect() as probe:
-            plan: PivotPlan = cache.get(probe, ship_id)
         try:
             with rt.dbs.source.connect() as sconn:
                 sconn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
                 with rt.dbs.target.begin() as tconn:
+                    plan: PivotPlan = cache.get(tconn, ship_id)
                     tconn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
                                   {"k": f"migrator-write:{rt.settings.target_schema}:{ship_id}"})
                     return migrate_window(rt, sconn, tconn, plan, start, end)

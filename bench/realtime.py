@@ -55,9 +55,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
-from sqlalchemy.engine import Engine, make_url  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
 
-from config import Settings, redact_url  # noqa: E402
+from bench.common import create_schemas, database_url, drop_schemas, make_settings, stop_embedded  # noqa: E402
+from config import redact_url  # noqa: E402
 from cutoff_store import CutoffStore  # noqa: E402
 from database import qi, qualified  # noqa: E402
 from demo_data import DemoChannel, DemoSpec, SeedResult, demo_channels, insert_rows, seed_demo  # noqa: E402
@@ -139,55 +140,6 @@ def percentile(values: list[float], share: float) -> float | None:
 
 # ----------------------------------------------------------------------------------------------
 # setup (the conventions of bench/run.py)
-
-
-def database_url(given: str | None) -> str | None:
-    """``--database-url``, else ``DATABASE_URL``, else ``None`` (the embedded server), as a psycopg2 URL."""
-    url = given or os.environ.get("DATABASE_URL") or None
-    if url is None:
-        return None
-    parsed = make_url(url)
-    if parsed.drivername.split("+")[0] not in ("postgresql", "postgres"):
-        raise SystemExit(f"not a PostgreSQL URL: {redact_url(url)}")
-    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-
-
-def make_settings(url: str | None, source_schema: str, target_schema: str, state_dir: Path) -> Settings:
-    """Settings for one schema pair, built directly as the tests do (no environment, no ``.env``)."""
-    return Settings(
-        database_url=url,
-        target_database_url=None,
-        source_schema=source_schema,
-        source_table="tbl_data_timeseries",
-        target_schema=target_schema,
-        state_dir=state_dir / f"state-{target_schema}",
-        embedded_pgdata=state_dir / "pgdata",
-    )
-
-
-def create_schemas(engine: Engine, names: list[str]) -> None:
-    """Create the benchmark's schemas."""
-    with engine.begin() as conn:
-        for name in names:
-            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {qi(name)}"))
-
-
-def drop_schemas(engine: Engine, names: list[str]) -> None:
-    """Drop the benchmark's schemas and everything in them."""
-    with engine.begin() as conn:
-        for name in names:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {qi(name)} CASCADE"))
-    log.info("dropped schemas %s", ", ".join(names))
-
-
-def stop_embedded(pgdata: Path) -> None:
-    """Stop the embedded server this process started (its data folder is removed with the temp folder)."""
-    try:
-        import pgserver
-
-        pgserver.get_server(pgdata).cleanup()
-    except Exception as exc:  # noqa: BLE001 - stopping is best effort; pgserver also stops it at exit
-        log.debug("stopping the embedded server: %s", exc)
 
 
 def environment(rt: Runtime) -> dict[str, Any]:

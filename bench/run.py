@@ -49,12 +49,12 @@ if str(ROOT) not in sys.path:
 from psycopg2 import errors as pg_errors  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
-from sqlalchemy.engine import Engine, make_url  # noqa: E402
 
+from bench.common import create_schemas, database_url, drop_schemas, make_settings, stop_embedded  # noqa: E402
 from chunk_ledger import LEDGER  # noqa: E402
-from config import Settings, redact_url  # noqa: E402
+from config import redact_url  # noqa: E402
 from data_migrator import BackfillOptions, run_backfill  # noqa: E402
-from database import qi, qualified, raw_cursor  # noqa: E402
+from database import qualified, raw_cursor  # noqa: E402
 from demo_data import DemoSpec, SeedResult, demo_channels, insert_rows, seed_demo  # noqa: E402
 from narrow_source import VALUE_COLUMN  # noqa: E402
 from realtime_processor import RealtimeOptions, run_realtime  # noqa: E402
@@ -154,45 +154,6 @@ def _rss_mb(who: int) -> float:
 
 # ----------------------------------------------------------------------------------------------
 # setup
-
-
-def database_url(given: str | None) -> str | None:
-    """``--database-url``, else ``DATABASE_URL``, else ``None`` (the embedded server), as a psycopg2 URL."""
-    url = given or os.environ.get("DATABASE_URL") or None
-    if url is None:
-        return None
-    parsed = make_url(url)
-    if parsed.drivername.split("+")[0] not in ("postgresql", "postgres"):
-        raise SystemExit(f"not a PostgreSQL URL: {redact_url(url)}")
-    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-
-
-def make_settings(url: str | None, source_schema: str, target_schema: str, state_dir: Path) -> Settings:
-    """Settings for one schema pair, built directly as the tests do (no environment, no ``.env``)."""
-    return Settings(
-        database_url=url,
-        target_database_url=None,
-        source_schema=source_schema,
-        source_table="tbl_data_timeseries",
-        target_schema=target_schema,
-        state_dir=state_dir / f"state-{target_schema}",
-        embedded_pgdata=state_dir / "pgdata",
-    )
-
-
-def create_schemas(engine: Engine, names: list[str]) -> None:
-    """Create the benchmark's schemas."""
-    with engine.begin() as conn:
-        for name in names:
-            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {qi(name)}"))
-
-
-def drop_schemas(engine: Engine, names: list[str]) -> None:
-    """Drop the benchmark's schemas and everything in them."""
-    with engine.begin() as conn:
-        for name in names:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {qi(name)} CASCADE"))
-    log.info("dropped schemas %s", ", ".join(names))
 
 
 def vacuum_source(rt: Runtime) -> None:
@@ -618,16 +579,6 @@ def run(args: argparse.Namespace) -> Report:
                 stop_embedded(settings.embedded_pgdata)
             if not args.keep:
                 shutil.rmtree(tmp, ignore_errors=True)
-
-
-def stop_embedded(pgdata: Path) -> None:
-    """Stop the embedded server this process started (its data folder is removed with the temp folder)."""
-    try:
-        import pgserver
-
-        pgserver.get_server(pgdata).cleanup()
-    except Exception as exc:  # noqa: BLE001 - stopping is best effort; pgserver also stops it at exit
-        log.debug("stopping the embedded server: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> int:

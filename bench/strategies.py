@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -25,11 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text  # noqa: E402
 
-from config import Settings  # noqa: E402
+from bench.common import create_schemas, drop_schemas, make_settings  # noqa: E402
 from data_migrator import database_now, newest_wide_time  # noqa: E402
-from database import Databases, make_engine, qi  # noqa: E402
+from database import Databases, make_engine  # noqa: E402
 from demo_data import DemoSpec, LiveWriter, seed_demo  # noqa: E402
 from runtime import Runtime  # noqa: E402
 from schema_analyzer import analyze_source  # noqa: E402
@@ -64,19 +64,15 @@ def main() -> None:
     tag = uuid.uuid4().hex[:8]
     src = f"bench_strat_src_{tag}"
     targets: list[str] = []
+    state_root = Path(tempfile.mkdtemp(prefix="bench-strategies-"))
     rows = []
     try:
-        with engine.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {qi(src)}"))
+        create_schemas(engine, [src])
         for name in sorted(REGISTRY):
             tgt = f"bench_strat_{name}_{tag}"
             targets.append(tgt)
-            with engine.begin() as conn:
-                conn.execute(text(f"CREATE SCHEMA {qi(tgt)}"))
-            settings = Settings(database_url=url, target_database_url=None, source_schema=src,
-                                source_table="tbl_data_timeseries", target_schema=tgt,
-                                state_dir=Path(tempfile.mkdtemp(prefix=f"bench-{name}-")),
-                                embedded_pgdata=Path(tempfile.gettempdir()) / "unused")
+            create_schemas(engine, [tgt])
+            settings = make_settings(url, src, tgt, state_root)
             rt = Runtime(settings=settings, dbs=Databases(source=engine, target=engine))
             if len(targets) == 1:
                 seed = seed_demo(engine, rt.source, DemoSpec(ships=args.ships, channels=args.channels,
@@ -105,10 +101,9 @@ def main() -> None:
         for name, seconds, rate, lag, ok in rows:
             print(f"{name:<12}{seconds:>10.1f}{rate:>14,.0f}{lag:>9.1f}  {'passed' if ok else 'FAILED'}")
     finally:
-        with engine.begin() as conn:
-            for schema in [src, *targets]:
-                conn.execute(text(f"DROP SCHEMA IF EXISTS {qi(schema)} CASCADE"))
+        drop_schemas(engine, [src, *targets])
         engine.dispose()
+        shutil.rmtree(state_root, ignore_errors=True)
 
 
 if __name__ == "__main__":

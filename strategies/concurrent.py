@@ -8,6 +8,7 @@ import time
 from contextlib import nullcontext
 
 from data_migrator import BackfillOptions, BackfillResult, drain_ledger, prepare_backfill, resolve_ships
+from progress import LedgerProgress
 from realtime_processor import CycleResult, RealtimeOptions, RealtimeResult, run_realtime
 from runtime import Runtime
 from stopping import stop_on_signals
@@ -113,4 +114,4 @@ class ConcurrentStrategy(Strategy):
                  stop: threading.Event) -> BackfillResult:
         """The chunked backfill of every ship (until drained or ``stop``)."""
         return drain_ledger(rt, ships, cutoffs, opts.workers, opts.max_attempts, opts.backoff_seconds,
-                            stop=stop, progress=opts.progress)
+                            stop=stop, reporter=LedgerProgress(rt, ships) if opts.progress else None)

@@ -16,12 +16,11 @@ import threading
 import time
 from datetime import datetime
 
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from chunk_ledger import DONE, FAILED, PENDING, RUNNING, ChunkLedger
 from cutoff_store import CutoffStore
-from data_migrator import BackfillResult, database_now, newest_wide_time, run_workers, summarize
+from data_migrator import BackfillResult, database_now, drain_ledger, newest_wide_time
 from runtime import Runtime
 from strategies.base import StrategyOptions
 from strategies.concurrent import ConcurrentStrategy
@@ -152,25 +151,6 @@ class HybridStrategy(ConcurrentStrategy):
     def backfill(self, rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], opts: StrategyOptions,
                  stop: threading.Event) -> BackfillResult:
         """Run the workers; split chunks that failed and run the halves, down to one hour."""
-        ledger = ChunkLedger(rt.settings.target_schema)
-        with rt.dbs.target.connect() as conn:
-            since = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
-        began = time.monotonic()
-        progress = FleetProgress(rt, ships).start() if opts.progress else None
-        try:
-            only: list[int] | None = None
-            while not stop.is_set():
-                run_workers(rt, ships, opts.workers, opts.max_attempts, opts.backoff_seconds, only, stop=stop)
-                if stop.is_set():
-                    break
-                with rt.dbs.target.begin() as conn:
-                    only = ledger.split_failed(conn, ships)
-                if not only:
-                    break
-                log.warning("split failing chunk(s) into %d smaller window(s); running them", len(only))
-        finally:
-            if progress:
-                progress.stop()
-        with rt.dbs.target.connect() as conn:
-            rows = ledger.rows_done_since(conn, ships, since)
-        return summarize(rt, ships, cutoffs, time.monotonic() - began, rows)
+        return drain_ledger(rt, ships, cutoffs, opts.workers, opts.max_attempts, opts.backoff_seconds,
+                            stop=stop, reporter=FleetProgress(rt, ships) if opts.progress else None,
+                            split_failing=True)
