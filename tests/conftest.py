@@ -21,6 +21,18 @@ from database import Databases, make_engine, qi  # noqa: E402
 from runtime import Runtime  # noqa: E402
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--full``: the full reliability suite (many kills, minutes of load) instead of the quick one."""
+    parser.addoption("--full", action="store_true", default=False,
+                     help="run the full fault/load suite (tens of minutes); default is the quick version")
+
+
+@pytest.fixture(scope="session")
+def full_run(request: pytest.FixtureRequest) -> bool:
+    """True when the full reliability suite was asked for (``pytest --full`` or MIGRATOR_FULL_TESTS=1)."""
+    return bool(request.config.getoption("--full")) or os.environ.get("MIGRATOR_FULL_TESTS") == "1"
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     """A PostgreSQL URL: TEST_DATABASE_URL, else a throw-away embedded server."""
