@@ -176,7 +176,7 @@ def process_chunk(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: Shi
     with rt.dbs.source.connect() as sconn:
         sconn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         with conn.begin():
-            result = migrate_window(rt, sconn, conn, plan, chunk.start, chunk.end)
+            result = migrate_window(rt, sconn, conn, plan, chunk.start, chunk.end, direct=True)
             ledger.mark_done(conn, chunk, result.rows_read, result.cells_written, result.wide_rows,
                              result.rejected, result.tables)
     log.debug("chunk %s %s..%s: %d rows in %.2f s (read %.2f, pivot %.2f, write %.2f)", chunk.ship_id,

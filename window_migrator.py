@@ -24,7 +24,7 @@ from pivot import REASONS, PivotPlan, Rejects, encode_copy, pivot, read_window
 from runtime import Runtime
 from table_creator import add_channels, load_ship_layout
 from wide_layout import TIME_COLUMN, short_hash
-from wide_writer import delete_window, merge_copy
+from wide_writer import delete_window, merge_copy, write_copy
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,14 @@ def migrate_window(
     start: datetime,
     end: datetime,
     replace: bool = False,
+    direct: bool = False,
 ) -> WindowResult:
     """Move the rows of ``plan.ship_id`` with ``start <= created_time < end`` into the wide tables.
 
     Writes in ``target_conn``'s open transaction (the caller commits). ``replace`` first deletes
     the window's wide rows (validate --repair), so cells whose source row is gone disappear too.
+    ``direct`` (the backfill) copies a block straight into a table that has no row in its range
+    instead of merging it; realtime and repair always merge.
     Raises :class:`UnknownChannels` when rows of a channel without a column were read.
 
     The window is read in time blocks (a wide row never spans two: it is one created_time), and
@@ -153,7 +156,7 @@ def migrate_window(
     aware = isinstance(start, datetime) and start.tzinfo is not None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-reader") as reader:
         pending = reader.submit(read_window, cursor, rt.source.sql, plan, *blocks[0])
-        for k in range(len(blocks)):
+        for k, (b_start, b_end) in enumerate(blocks):
             t0 = time.monotonic()
             batch = pending.result()
             t1 = time.monotonic()
@@ -168,7 +171,10 @@ def migrate_window(
             t2 = time.monotonic()
             for part in result.parts:
                 columns, payload = encode_copy(part, TIME_COLUMN)
-                merge_copy(target_conn, schema, part.table, columns, payload)
+                if direct:
+                    write_copy(target_conn, schema, part.table, columns, payload, b_start, b_end)
+                else:
+                    merge_copy(target_conn, schema, part.table, columns, payload)
                 cells += part.cells
                 tables.add(part.table)
             t_pivot += t2 - t1

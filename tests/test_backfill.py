@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import threading
+import time
 from datetime import datetime, timedelta
 
 import pytest
@@ -17,6 +19,7 @@ from errors import CutoffConflict
 from main import cli
 from tests.wide_check import compare, wide_snapshot
 from validator import validate
+from window_migrator import ShipPlanCache, UnknownChannels, migrate_window
 
 END = datetime(2024, 10, 2)
 
@@ -134,6 +137,84 @@ def test_a_value_that_cannot_fit_is_rejected_counted_and_logged(runtime, prepare
     assert "NULL" in reasons["19:00:45"]
 
 
+def test_sparse_rows_and_texts_of_every_length_land_exactly(runtime, prepared):
+    """Holes, texts from empty to 700 characters (multi-byte), and a block of second-level rows: exact.
+
+    This covers every way the writer encodes a block: all cells present, NULL cells, text cells
+    narrow enough for the dense layout and too wide for it, and more rows than one encode block.
+    """
+    seed = prepared(ships=1, channels=12, offline_hours=0)
+    ship = seed.ship_ids[0]
+    src = runtime.source.sql
+    with runtime.dbs.source.begin() as conn:
+        # about a quarter of the rows gone, so wide rows have NULL cells in every column type
+        conn.execute(text(f"DELETE FROM {src} WHERE abs(hashtext(data_channel_id || created_time::text)) % 4 = 0"))
+        # texts of 0..99 characters, and of up to 700 (wider than the dense layout) in one hour only
+        conn.execute(text(f"""UPDATE {src} SET str_v = repeat(CASE WHEN extract(minute FROM created_time)::int % 2 = 0
+                                   THEN 'e' ELSE 'é' END,
+                                   abs(hashtext(created_time::text)) % CASE WHEN extract(hour FROM created_time) = 20
+                                                                          THEN 701 ELSE 100 END)
+                              WHERE value_format = 'String'"""))
+        # one Decimal channel sampled every second for 40 minutes: 2,400 wide rows in one read block
+        channel = conn.execute(text(f"SELECT min(data_channel_id) FROM {src} WHERE value_format = 'Decimal'")).scalar()
+        conn.execute(text(f"""INSERT INTO {src} (ship_id, data_channel_id, created_time, double_v, value_format)
+                              SELECT :s, :c, t, extract(epoch FROM t) / 7, 'Decimal'
+                              FROM generate_series(TIMESTAMP '2024-10-01 21:00:01', '2024-10-01 21:40:00', '1 s') t
+                              WHERE extract(second FROM t)::int % 15 <> 0"""), {"s": ship, "c": channel})
+        longest = conn.execute(text(f"SELECT max(octet_length(str_v)) FROM {src}")).scalar()
+    assert longest > 512
+    result = run_backfill(runtime, (), _opts(cutoff_time=str(END)))
+    assert not result.failed_chunks and result.rows_read > 0
+    diff = compare(runtime.dbs.source, runtime.settings, ship)
+    assert diff.exact, diff
+    assert diff.expected == diff.actual > 0
+
+
+def test_rows_committed_into_an_empty_range_during_the_direct_copy_are_merged(runtime, prepared):
+    """A chunk finds its range empty and copies straight in; rows another session commits there meanwhile
+    make the COPY fail on the key, and the chunk merges instead: no failed chunk, the result exact."""
+    seed = prepared(ships=1, channels=6, offline_hours=0)
+    ship = seed.ship_ids[0]
+    schema = runtime.settings.target_schema
+    with runtime.dbs.target.connect() as conn:
+        table, column, channel = conn.execute(text(
+            f"""SELECT mc.table_name, mc.column_name, mc.channel_id FROM {qualified(schema, 'migrator_columns')} mc
+                JOIN (SELECT DISTINCT data_channel_id FROM {runtime.source.sql} WHERE value_format = 'Decimal') d
+                  ON d.data_channel_id = mc.channel_id ORDER BY 1, 2 LIMIT 1""")).one()
+    other = runtime.dbs.target.connect()
+    other.execute(text(f"INSERT INTO {qualified(schema, table)} (created_time, {qi(column)}) "
+                       "VALUES ('2024-10-01 21:00:00', -1)"))  # not committed yet: the chunk's check misses it
+    other_pid = other.execute(text("SELECT pg_backend_pid()")).scalar()
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(
+        result=run_backfill(runtime, (), _opts(cutoff_time=str(END), chunk_hours=24))))
+    worker.start()
+    deadline = time.monotonic() + 30
+    with runtime.dbs.target.connect() as watch:
+        while not watch.execute(text(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND :p = ANY("
+                "pg_blocking_pids(pid)))"), {"p": other_pid}).scalar():
+            assert time.monotonic() < deadline and worker.is_alive(), "the chunk never waited on the row"
+            time.sleep(0.05)
+            watch.rollback()
+    other.commit()
+    other.close()
+    worker.join(60)
+    result = outcome["result"]
+    assert not result.failed_chunks and result.rows_read == seed.rows
+    diff = compare(runtime.dbs.source, runtime.settings, ship)
+    assert diff.exact, diff
+    with runtime.dbs.target.connect() as conn:
+        cell = conn.execute(text(f"SELECT {qi(column)} FROM {qualified(schema, table)} "
+                                 "WHERE created_time = '2024-10-01 21:00:00'")).scalar()
+        source = conn.execute(text(f"SELECT double_v FROM {runtime.source.sql} WHERE ship_id = :s AND "
+                                   "data_channel_id = :c AND created_time = '2024-10-01 21:00:00'"),
+                              {"s": ship, "c": channel}).scalar()
+    assert cell == source != -1
+    with runtime.dbs.target.connect() as conn:  # merged in the same attempt, not failed and retried
+        assert conn.execute(text(f"SELECT max(attempts) FROM {qualified(schema, 'migrator_chunks')}")).scalar() == 0
+
+
 def test_a_new_channel_during_backfill_gets_a_column(runtime, prepared):
     seed = prepared(ships=1, channels=5)
     ship = seed.ship_ids[0]
@@ -226,3 +307,35 @@ def test_ledger_records_each_chunk_once(runtime, prepared):
         windows = [(r.window_start, r.window_end) for r in rows if r.ship_id == ship]
         assert windows == [(datetime(2024, 10, 1, h), datetime(2024, 10, 1, h + 2) if h < 22 else END)
                            for h in (18, 20, 22)]
+
+
+def test_the_join_read_for_colliding_channel_hashes_gives_the_same_cells(runtime, prepared):
+    """Should two channel ids share a 64-bit hash, the read joins on the ids instead; the cells are the same."""
+    seed = prepared(ships=1, channels=8, offline_hours=0)
+    ship = seed.ship_ids[0]
+    cache = ShipPlanCache(runtime)
+    with runtime.dbs.target.connect() as conn:
+        plan = cache.get(conn, ship)
+    plan.hash_lookup, plan.hashes_known = None, True  # what hash_lookup leaves after a collision
+    with runtime.dbs.source.connect() as sconn, runtime.dbs.target.connect() as tconn, tconn.begin():
+        result = migrate_window(runtime, sconn, tconn, plan, seed.start, seed.end)
+    assert result.rows_read == seed.rows
+    diff = compare(runtime.dbs.source, runtime.settings, ship)
+    assert diff.exact and diff.actual > 0, diff
+
+
+def test_a_channel_unknown_to_the_plan_stops_the_window_and_is_named(runtime, prepared):
+    """Rows of a channel that appeared after the plan was made are never written to a wrong column."""
+    seed = prepared(ships=1, channels=6, offline_hours=0)
+    ship = seed.ship_ids[0]
+    cache = ShipPlanCache(runtime)
+    with runtime.dbs.target.connect() as conn:
+        plan = cache.get(conn, ship)
+    with runtime.dbs.source.begin() as conn:
+        conn.execute(text(f"INSERT INTO {runtime.source.sql} (ship_id, data_channel_id, created_time, double_v, "
+                          "value_format) VALUES (:s, 'late/arrival', '2024-10-01 20:00:00', 1.5, 'Decimal')"),
+                     {"s": ship})
+    with runtime.dbs.source.connect() as sconn, runtime.dbs.target.connect() as tconn, tconn.begin():
+        with pytest.raises(UnknownChannels) as caught:
+            migrate_window(runtime, sconn, tconn, plan, seed.start, seed.end)
+    assert caught.value.channels == ["late/arrival"]

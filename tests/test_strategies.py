@@ -67,7 +67,8 @@ def test_strategy_with_a_live_writer_stopped_and_restarted_is_exact(runtime, pre
                 _add_channel(runtime, seed.ship_ids[0])
             proc.send_signal(signal.SIGKILL if round_ % 2 == 0 else signal.SIGINT)
             code, _, err = procs.finish(proc)
-            assert code in (-signal.SIGKILL, 0), err
+            # 130: the interrupt came before the strategy installed its handlers (a slow start on a busy machine)
+            assert code in (-signal.SIGKILL, 0, 130), err
         code, out, err = procs.run(*args, "--run-for", "2")
         assert code == 0, err
         assert "stopped: run-for" in out
