@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 CURSORS = ("created_time", "server_created_time")
 FUTURE_TOLERANCE = timedelta(minutes=5)  # newer created_time than now + this is reported as ahead
 HOUR = timedelta(hours=1)
+# what a cycle (or a streaming step) survives: logged, the connections re-made, tried again later
+RETRYABLE = (MigratorError, DBAPIError, SQLAlchemyError, psycopg2.Error, OSError)
 
 
 @dataclass(frozen=True)
@@ -292,7 +294,7 @@ def sync_ship(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: Sour
                      round(lag, 3) if lag is not None else None, round(time.monotonic() - started, 3))
 
 
-def _error_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     first = str(orig if orig is not None else exc).strip().splitlines()
     return f"{type(orig if orig is not None else exc).__name__}: {first[0] if first else ''}"
@@ -308,13 +310,13 @@ def run_cycle(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: Sour
         try:
             res = sync_ship(rt, cache, store, clock, ship, opts)
             db_time = res.window_end
-        except (MigratorError, DBAPIError, SQLAlchemyError, psycopg2.Error, OSError) as exc:
-            log.warning("ship %s: realtime cycle failed: %s", ship, _error_line(exc))
+        except RETRYABLE as exc:
+            log.warning("ship %s: realtime cycle failed: %s", ship, error_line(exc))
             log.debug("cycle failure", exc_info=True)
             if isinstance(exc, DBAPIError) and exc.connection_invalidated:
                 rt.dbs.target.dispose()
                 rt.dbs.source.dispose()
-            res = ShipCycle(ship, error=_error_line(exc), seconds=round(time.monotonic() - started, 3))
+            res = ShipCycle(ship, error=error_line(exc), seconds=round(time.monotonic() - started, 3))
         results.append(res)
         log.debug("ship %s: window %s .. %s, %d rows read, %d cells written, lag %s s, %.2f s", ship,
                   res.window_start, res.window_end, res.rows_read, res.cells_written, res.lag_seconds, res.seconds)

@@ -125,6 +125,8 @@ def _strategy(r) -> str:
             lines.append(f"  FAILED {ship} {start} .. {end}: {err}")
     if r.stream_rows:
         lines.append(f"  streamed {r.stream_rows:,} rows")
+    if r.stream_failures:
+        lines.append(f"  {r.stream_failures} failed step(s), each retried (see the log)")
     if r.realtime is not None:
         lines.append("  " + _realtime(r.realtime).replace("\n", "\n  "))
     lines.append("Next: python main.py --mode status, then python main.py --mode validate")

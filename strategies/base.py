@@ -45,6 +45,7 @@ class StrategyResult:
     backfill_complete: bool = False
     realtime: RealtimeResult | None = None
     stream_rows: int = 0  # streaming: narrow rows read by the cursors
+    stream_failures: int = 0  # streaming: failed steps (each retried)
 
     @property
     def ok(self) -> bool:

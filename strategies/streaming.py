@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from cutoff_store import CutoffStore
 from data_migrator import database_now, resolve_ships
-from realtime_processor import ShipLocks, source_clock, write_window
+from realtime_processor import RETRYABLE, ShipLocks, error_line, source_clock, write_window
 from runtime import Runtime
 from stopping import stop_on_signals
 from strategies.base import Strategy, StrategyOptions, StrategyResult, deadline_timer
@@ -44,35 +44,38 @@ class StreamingStrategy(Strategy):
         settle = timedelta(seconds=opts.settle_seconds)
         locks = ShipLocks(rt.dbs.target, rt.settings.target_schema, ships)  # one head-follower per ship
         locks.acquire()
-        rows = 0
+        rows = failures = consecutive = 0
         reason = "signal"
         try:
             with stop_on_signals(stop) if opts.install_signal_handlers else nullcontext(stop):
                 timer = deadline_timer(stop, opts.run_for)
-                cursors = {s: self._start(rt, store, s) for s in ships}
+                cursors: dict[str, datetime | None] = {}
                 while not stop.is_set():
                     locks.check()
-                    behind = False
+                    behind = failed = False
                     for ship in ships:
-                        if cursors[ship] is None:
-                            cursors[ship] = self._start(rt, store, ship)  # a ship without rows yet
-                        if stop.is_set() or cursors[ship] is None:
+                        if stop.is_set():
+                            break
+                        try:
+                            step = self._step(rt, store, cache, clock, ship, cursors, chunk, lookback, settle)
+                        except RETRYABLE as exc:
+                            # the cursor moves only after a committed window: the step is simply tried again
+                            failed = True
+                            failures += 1
+                            log.warning("ship %s: streaming step failed: %s", ship, error_line(exc))
+                            rt.dbs.target.dispose()
+                            rt.dbs.source.dispose()
                             continue
-                        with rt.dbs.source.connect() as sconn:
-                            head = database_now(sconn, clock.time_type, rt.settings.source_timezone) - settle
-                        cur = cursors[ship]
-                        far = head - cur > chunk
-                        start, end = (cur, cur + chunk) if far else (cur - lookback, head)
-                        behind = behind or far
-                        if end <= start:
-                            continue
-                        result = write_window(rt, cache, ship, start, end, clock.time_type)
-                        rows += result.rows_read
-                        if end > cur:
-                            store.set_stream_cursor(ship, end)
-                            cursors[ship] = end
-                        log.log(logging.INFO if far else logging.DEBUG,
-                                "ship %s: streamed %s .. %s, %s rows", ship, start, end, f"{result.rows_read:,}")
+                        if step is not None:
+                            rows += step[0]
+                            behind = behind or step[1]
+                    consecutive = consecutive + 1 if failed else 0
+                    if consecutive:
+                        wait = min(opts.backoff_seconds * 2.0 ** (consecutive - 1), 60.0)
+                        log.warning("retrying in %.1f s (%d failed round(s) in a row)", wait, consecutive)
+                        if stop.wait(wait):
+                            break
+                        continue
                     if not behind and opts.stop_when_caught_up:
                         reason = "caught-up"
                         break
@@ -84,7 +87,31 @@ class StreamingStrategy(Strategy):
             locks.release()
         if reason == "signal" and opts.run_for is not None and time.monotonic() - started >= opts.run_for:
             reason = "run-for"
-        return StrategyResult(self.name, round(time.monotonic() - started, 3), reason, stream_rows=rows)
+        return StrategyResult(self.name, round(time.monotonic() - started, 3), reason, stream_rows=rows,
+                              stream_failures=failures)
+
+    def _step(self, rt: Runtime, store: CutoffStore, cache: ShipPlanCache, clock, ship: str,
+              cursors: dict[str, datetime | None], chunk: timedelta, lookback: timedelta,
+              settle: timedelta) -> tuple[int, bool] | None:
+        """Migrate the next window of ``ship`` and store its cursor; (rows read, still behind) or None."""
+        if cursors.get(ship) is None:
+            cursors[ship] = self._start(rt, store, ship)  # None while the ship has no rows yet
+        cur = cursors[ship]
+        if cur is None:
+            return None
+        with rt.dbs.source.connect() as sconn:
+            head = database_now(sconn, clock.time_type, rt.settings.source_timezone) - settle
+        far = head - cur > chunk
+        start, end = (cur, cur + chunk) if far else (cur - lookback, head)
+        if end <= start:
+            return 0, far
+        result = write_window(rt, cache, ship, start, end, clock.time_type)
+        if end > cur:
+            store.set_stream_cursor(ship, end)
+            cursors[ship] = end
+        log.log(logging.INFO if far else logging.DEBUG,
+                "ship %s: streamed %s .. %s, %s rows", ship, start, end, f"{result.rows_read:,}")
+        return result.rows_read, far
 
     @staticmethod
     def _start(rt: Runtime, store: CutoffStore, ship: str) -> datetime | None:

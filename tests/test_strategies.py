@@ -114,6 +114,30 @@ def test_hybrid_splits_a_failing_chunk_down_to_the_bad_hour(runtime, prepared):
     assert compare(runtime.dbs.source, runtime.settings, ship).exact
 
 
+def test_streaming_retries_failed_steps_and_ends_exact(runtime, prepared):
+    """Database errors in the middle of streaming are logged, counted and retried; the cursor never skips."""
+    seed = prepared(ships=2, channels=6, days=0.25, end=None)
+    tgt = runtime.settings.target_schema
+    with runtime.dbs.target.begin() as conn:
+        # the first three writes into the wide tables fail (a sequence is not rolled back with them)
+        conn.execute(text(f"CREATE SEQUENCE {qualified(tgt, 'fail_budget')}"))
+        conn.execute(text(f"""CREATE FUNCTION {qualified(tgt, 'fail_write')}() RETURNS trigger LANGUAGE plpgsql
+            AS $$ BEGIN IF nextval('{tgt}.fail_budget') <= 3 THEN RAISE EXCEPTION 'injected write failure';
+            END IF; RETURN NULL; END $$"""))
+        tables = conn.execute(text(f"SELECT DISTINCT table_name FROM {qualified(tgt, 'migrator_columns')}")).scalars()
+        for table in tables:
+            conn.execute(text(f"CREATE TRIGGER fail_write BEFORE INSERT ON {qualified(tgt, table)} "
+                              f"FOR EACH STATEMENT EXECUTE FUNCTION {qualified(tgt, 'fail_write')}()"))
+    result = get_strategy("streaming").run(runtime, (), StrategyOptions(
+        interval_minutes=0.01, chunk_hours=1, settle_seconds=0, progress=False, backoff_seconds=0.01,
+        install_signal_handlers=False, stop_when_caught_up=True))
+    assert result.stream_failures == 3 and result.stopped_because == "caught-up", result
+    for ship in seed.ship_ids:
+        diff = compare(runtime.dbs.source, runtime.settings, ship)
+        assert diff.exact, (ship, diff)
+    assert validate(runtime, ()).ok
+
+
 def test_registry_and_modes_agree_and_unknown_names_are_listed():
     assert sorted(modes.STRATEGY_MODES) == sorted(REGISTRY)
     assert all(name in modes.HANDLERS for name in REGISTRY)
