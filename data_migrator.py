@@ -92,7 +92,16 @@ def parse_cutoff(value: str, time_type: str, tz: str) -> datetime:
     except ValueError as exc:
         raise ConfigError(f"--cutoff-time {value!r} is not a time like '2024-10-02 17:00:00'") from exc
     if "with time zone" in time_type:
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=ZoneInfo(tz))
+        if parsed.tzinfo:
+            return parsed
+        zone = ZoneInfo(tz)
+        early, late = parsed.replace(tzinfo=zone, fold=0), parsed.replace(tzinfo=zone, fold=1)
+        if early.utcoffset() != late.utcoffset():
+            # a repeated hour (clocks going back) or a skipped one (clocks going forward)
+            raise ConfigError(f"--cutoff-time {value!r} is ambiguous or does not exist in {tz} (a daylight-saving "
+                              f"change); give the offset, e.g. '{parsed:%Y-%m-%d %H:%M:%S}{early:%z}' or "
+                              f"'{parsed:%Y-%m-%d %H:%M:%S}{late:%z}'")
+        return early
     if parsed.tzinfo is not None:
         return parsed.astimezone(ZoneInfo(tz)).replace(tzinfo=None)
     return parsed

@@ -114,6 +114,43 @@ class SourceTable:
             raise SourceError(f"source table {self.label} lacks column(s) {', '.join(missing)}")
         return cols
 
+    def has_unique_key(self, conn: Connection) -> bool:
+        """True when a primary key or unique index makes (ship_id, data_channel_id, created_time) unique.
+
+        Any unique index whose columns are all among those three counts (a subset is unique too);
+        without one the source may hold the same cell more than once.
+        """
+        found = conn.execute(
+            text(
+                """SELECT 1 FROM pg_index i
+                WHERE i.indrelid = CAST(:t AS regclass) AND i.indisunique AND i.indpred IS NULL
+                  AND i.indexprs IS NULL
+                  AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey::int2[]) AS k(n)
+                                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n
+                                  WHERE a.attname NOT IN ('ship_id', 'data_channel_id', 'created_time'))
+                LIMIT 1"""
+            ),
+            {"t": self.sql},
+        ).first()
+        return found is not None
+
+    def duplicate_order(self, conn: Connection, newest_first: bool = False) -> str | None:
+        """An ``ORDER BY`` list (alias ``s``) that makes the order of a cell's rows deterministic.
+
+        None when a unique key rules out duplicates (no sort needed). Otherwise rows come ordered by
+        cell (created_time, data_channel_id), then oldest insert first (``server_created_time``, when
+        the source has it), then by content: the last row of a cell is its newest, whatever the
+        physical order of the table. ``newest_first`` reverses the order within a cell (for
+        ``DISTINCT ON (s.created_time, s.data_channel_id)``, which keeps the first row).
+        """
+        if self.has_unique_key(conn):
+            return None
+        tail = ["s.value_format", "s.double_v", "s.long_v", "s.bool_v", "s.str_v"]
+        if self.has_server_created_time(conn):
+            tail.insert(0, "s.server_created_time")
+        way = " DESC NULLS LAST" if newest_first else " NULLS FIRST"
+        return ", ".join(["s.created_time", "s.data_channel_id"] + [c + way for c in tail])
+
     def time_type(self, conn: Connection) -> str:
         """``timestamp without time zone`` or ``timestamp with time zone``."""
         return self.columns(conn)["created_time"]

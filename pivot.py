@@ -229,7 +229,8 @@ def _map_hashes(row_hash: np.ndarray, lookup: tuple[np.ndarray, np.ndarray]) -> 
     return np.where(sorted_h[pos] == row_hash, order[pos], -1).astype(np.int32)
 
 
-def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: datetime) -> NarrowBatch:
+def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: datetime,
+                order_by: str | None = None) -> NarrowBatch:
     """COPY the rows of ``plan.ship_id`` with ``start <= created_time < end`` out of the source.
 
     ``cursor`` is a psycopg2 cursor on the source; ``source_sql`` the quoted table name.
@@ -242,12 +243,13 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
     """
     text_set = set(plan.text_indexes)
     params = {"ship": plan.ship_id, "start": start, "end": end}
+    order_sql = f" ORDER BY {order_by}" if order_by else ""  # only for sources without a unique key
     lookup = hash_lookup(cursor, plan)
     if lookup is not None:
         numeric = f"""SELECT s.created_time, hashtextextended(s.data_channel_id, 0), {_CODE_SQL},
                 coalesce(s.double_v, 0), coalesce(s.long_v, 0)
             FROM {source_sql} s
-            WHERE s.ship_id = %(ship)s AND s.created_time >= %(start)s AND s.created_time < %(end)s"""
+            WHERE s.ship_id = %(ship)s AND s.created_time >= %(start)s AND s.created_time < %(end)s""" + order_sql
         fields, size = _copy_out(cursor, numeric, params, HASH_ROW_DTYPE, "hash")
         idx = _map_hashes(fields.pop("hash"), lookup)
         if text_set:  # text channels' rows come from their own query below
@@ -266,13 +268,13 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
                        FROM unnest(%(chs)s::text[], %(idx)s::int4[], %(txt)s::bool[]) AS u(ch, i, t)) m
                 ON m.ch = s.data_channel_id
             WHERE s.ship_id = %(ship)s AND s.created_time >= %(start)s AND s.created_time < %(end)s
-              AND m.t IS NOT TRUE"""
+              AND m.t IS NOT TRUE""" + order_sql
         join = dict(params, chs=list(plan.channels), idx=list(range(len(plan.channels))),
                     txt=[i in text_set for i in range(len(plan.channels))])
         fields, size = _copy_out(cursor, numeric, join, ROW_DTYPE, "idx")
     batch = NarrowBatch(**fields, bytes_read=size)
     if text_set:
-        _read_text_rows(cursor, source_sql, plan, params, batch)
+        _read_text_rows(cursor, source_sql, plan, dict(params, order_by=order_by), batch)
     return batch
 
 
@@ -284,7 +286,8 @@ def _read_text_rows(cursor, source_sql: str, plan: PivotPlan, params: dict, batc
                  WHEN 'Integer' THEN s.long_v::text WHEN 'Boolean' THEN s.bool_v::text END
         FROM unnest(%(tchs)s::text[], %(tidx)s::int4[]) AS m(ch, i)
         JOIN {source_sql} s ON s.ship_id = %(ship)s AND s.data_channel_id = m.ch
-        WHERE s.created_time >= %(start)s AND s.created_time < %(end)s"""
+        WHERE s.created_time >= %(start)s AND s.created_time < %(end)s""" + (
+        f" ORDER BY {params['order_by']}" if params.get("order_by") else "")
     p = dict(params, tchs=[plan.channels[i] for i in text_idx], tidx=text_idx)
     buf = _CollectingSink()
     cursor.copy_expert(_copy_sql(cursor, query, p), buf)
@@ -417,9 +420,9 @@ def _reject_duplicates(t: np.ndarray, idx: np.ndarray, good: np.ndarray, reason:
     counts = np.bincount(key) if key.max() < 50_000_000 else None
     if counts is not None and counts.max() <= 1:
         return  # the common case: no duplicates, no sort needed
-    _, first = np.unique(key, return_index=True)
+    _, last_rev = np.unique(key[::-1], return_index=True)  # keep the LAST row of a key in read order
     dup = np.ones(key.size, dtype=bool)
-    dup[first] = False
+    dup[key.size - 1 - last_rev] = False
     where = np.flatnonzero(good)[dup]
     reason[where] = 7
     good[where] = False
@@ -508,9 +511,8 @@ def pivot(plan: PivotPlan, batch: NarrowBatch) -> PivotResult:
                     continue
                 row = int(t_txt[n])
                 prev = text.setdefault(cols[plan.pos[ci]], {})
-                if row in prev:
+                if row in prev:  # a later row of the same cell wins; the earlier one is the duplicate
                     rejects.add(batch.text_ts[j:j + 1], batch.text_idx[j:j + 1], np.array([7]), plan.channels)
-                    continue
                 prev[row] = batch.text_values[j]  # type: ignore[assignment]
                 rows_used[row] = True
         keep = np.flatnonzero(rows_used)

@@ -210,8 +210,13 @@ def analyze_source(
     with rt.dbs.source.connect() as conn:
         time_type = src.time_type(conn)
         ships = list(ship_ids) or src.ships(conn)
+        unique_key = src.has_unique_key(conn)
     if not ships:
         raise SourceError(f"source table {src.label} has no rows; nothing to analyse")
+    if not unique_key:
+        log.warning("source table %s has no primary key or unique index on (ship_id, data_channel_id, "
+                    "created_time): a cell found in more than one row is written once and the other rows are "
+                    "rejected as duplicates (see the reject files)", src.label)
     routing = read_routing_file(routing_file) if routing_file else None
     previous = load_schema(rt.settings.schema_file, missing_ok=True)
     prev_ships = {s.ship_id: s for s in previous.ships} if previous else {}

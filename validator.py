@@ -123,15 +123,23 @@ def _buckets(ranges: list[tuple[datetime, datetime]]) -> tuple[list[datetime], i
 
 
 def narrow_buckets(conn: Connection, rt: Runtime, plan: PivotPlan, types: list[str], lo, hi) -> dict:
-    """Per hour: (rows, hash sum) of the narrow rows that belong in the wide tables."""
+    """Per hour: (rows, hash sum) of the narrow rows that belong in the wide tables.
+
+    A source without a unique key may hold a cell twice: only the row the pivot keeps counts.
+    """
+    order = rt.source.duplicate_order(conn, newest_first=True)
+    distinct = "DISTINCT ON (s.created_time, s.data_channel_id)" if order else ""
+    order_by = f"ORDER BY {order}" if order else ""
     rows = conn.execute(text(
-        f"""SELECT date_trunc('hour', s.created_time), count(*),
-                   sum(hashtextextended(m.i::text || '|' || s.created_time::text || '|' || v.val, 0)::numeric)
-            FROM {rt.source.sql} s
-            JOIN unnest(CAST(:chs AS text[]), CAST(:idx AS int[]), CAST(:ty AS text[])) AS m(ch, i, ty)
-                ON m.ch = s.data_channel_id
-            CROSS JOIN LATERAL (SELECT {_NARROW_VALUE} AS val) v
-            WHERE s.ship_id = :ship AND s.created_time >= :lo AND s.created_time < :hi AND v.val IS NOT NULL
+        f"""SELECT date_trunc('hour', k.created_time), count(*),
+                   sum(hashtextextended(k.i::text || '|' || k.created_time::text || '|' || k.val, 0)::numeric)
+            FROM (SELECT {distinct} s.created_time, m.i, v.val
+                  FROM {rt.source.sql} s
+                  JOIN unnest(CAST(:chs AS text[]), CAST(:idx AS int[]), CAST(:ty AS text[])) AS m(ch, i, ty)
+                      ON m.ch = s.data_channel_id
+                  CROSS JOIN LATERAL (SELECT {_NARROW_VALUE} AS val) v
+                  WHERE s.ship_id = :ship AND s.created_time >= :lo AND s.created_time < :hi
+                    AND v.val IS NOT NULL {order_by}) k
             GROUP BY 1"""),
         {"chs": list(plan.channels), "idx": list(range(len(plan.channels))), "ty": types, "ship": plan.ship_id,
          "lo": lo, "hi": hi}).all()

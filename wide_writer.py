@@ -50,7 +50,8 @@ def write_copy(conn: Connection, schema: str, table: str, columns: list[str], pa
     """
     cur = raw_cursor(conn)
     t = quote_ident(TIME_COLUMN)
-    cur.execute(f"SELECT EXISTS (SELECT FROM {qualified_raw(schema, table)} WHERE {t} >= %s AND {t} < %s)",
+    cur.execute(f"SELECT EXISTS (SELECT FROM {qualified_raw(schema, table).replace('%', '%%')} "
+                f"WHERE {t} >= %s AND {t} < %s)",
                 (start, end))
     if cur.fetchone()[0]:
         return merge_copy(conn, schema, table, columns, payload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -154,15 +155,16 @@ def migrate_window(
     newest_us: int | None = None
     t_read = t_pivot = t_write = 0.0
     aware = isinstance(start, datetime) and start.tzinfo is not None
+    order_by = rt.source.duplicate_order(source_conn)  # None (no sort) when a unique key rules out duplicates
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-reader") as reader:
-        pending = reader.submit(read_window, cursor, rt.source.sql, plan, *blocks[0])
+        pending = reader.submit(read_window, cursor, rt.source.sql, plan, *blocks[0], order_by)
         for k, (b_start, b_end) in enumerate(blocks):
             t0 = time.monotonic()
             batch = pending.result()
             t1 = time.monotonic()
             t_read += t1 - t0
             if k + 1 < len(blocks):
-                pending = reader.submit(read_window, cursor, rt.source.sql, plan, *blocks[k + 1])
+                pending = reader.submit(read_window, cursor, rt.source.sql, plan, *blocks[k + 1], order_by)
             if (batch.idx < 0).any():
                 if k + 1 < len(blocks):
                     pending.result()  # let the reader finish before the connection is used again
@@ -200,20 +202,60 @@ def reject_file(rt: Runtime, ship_id: str, start: datetime, end: datetime) -> Pa
     return rt.settings.reject_dir / safe_ship / name
 
 
+_FITS = """CASE m.ty
+  WHEN 'double precision' THEN CASE s.value_format WHEN 'Decimal' THEN s.double_v IS NOT NULL
+                                                   WHEN 'Integer' THEN s.long_v IS NOT NULL END
+  WHEN 'bigint' THEN CASE s.value_format WHEN 'Integer' THEN s.long_v IS NOT NULL
+      WHEN 'Decimal' THEN s.double_v = trunc(s.double_v) AND s.double_v >= CAST(-9223372036854775808 AS float8)
+                          AND s.double_v < CAST(9223372036854775808 AS float8) END
+  WHEN 'boolean' THEN s.value_format = 'Boolean' AND s.bool_v IS NOT NULL
+  ELSE CASE s.value_format WHEN 'String' THEN s.str_v IS NOT NULL WHEN 'Decimal' THEN s.double_v IS NOT NULL
+                           WHEN 'Integer' THEN s.long_v IS NOT NULL WHEN 'Boolean' THEN s.bool_v IS NOT NULL END
+END IS TRUE"""
+_TYPE_OF_KIND = {0: "double precision", 1: "bigint", 2: "boolean", 3: "text"}
+
+
 def write_rejects(rt: Runtime, source_conn: Connection, plan: PivotPlan, start, end, rejects, aware: bool) -> None:
-    """Write the window's reject file (the full source rows with their reason), or remove a stale one."""
+    """Write the window's reject file (the full source rows with their reason), or remove a stale one.
+
+    One line per rejected row: of a cell with several rows (a source without a unique key), the row
+    the pivot kept (the last that fits, in the source's duplicate order) is not listed.
+    """
     path = reject_file(rt, plan.ship_id, start, end)
     if not len(rejects):
         path.unlink(missing_ok=True)
         return
     times = [ts_to_datetime(t, aware) for t in rejects.ts]
-    reason_of = {(c, t): REASONS[r] for c, t, r in zip(rejects.channel, times, rejects.reason, strict=True)}
-    rows = source_conn.execute(text(
+    count_of = Counter(zip(rejects.channel, times, strict=True))
+    reasons_of: dict[tuple, list[int]] = {}
+    for key, r in zip(zip(rejects.channel, times, strict=True), rejects.reason, strict=True):
+        reasons_of.setdefault(key, []).append(r)
+    keys = sorted(count_of)[:100_000]
+    order = rt.source.duplicate_order(source_conn) or "s.created_time, s.data_channel_id"
+    found = source_conn.execute(text(
         f"""SELECT s.data_channel_id, s.created_time, s.value_format, s.double_v, s.long_v, s.bool_v,
-                   left(s.str_v, 200), s.server_created_time
+                   left(s.str_v, 200), s.server_created_time, {_FITS}
             FROM unnest(CAST(:c AS text[]), CAST(:t AS {'timestamptz' if aware else 'timestamp'}[])) AS r(ch, t)
-            JOIN {rt.source.sql} s ON s.ship_id = :s AND s.data_channel_id = r.ch AND s.created_time = r.t"""),
-        {"c": rejects.channel[:100_000], "t": times[:100_000], "s": plan.ship_id}).all()
+            JOIN unnest(CAST(:chs AS text[]), CAST(:tys AS text[])) AS m(ch, ty) ON m.ch = r.ch
+            JOIN {rt.source.sql} s ON s.ship_id = :s AND s.data_channel_id = r.ch AND s.created_time = r.t
+            ORDER BY {order}"""),
+        {"c": [k[0] for k in keys], "t": [k[1] for k in keys], "s": plan.ship_id, "chs": list(plan.channels),
+         "tys": [_TYPE_OF_KIND[int(k)] for k in plan.kind]}).all()
+    by_key: dict[tuple, list] = {}
+    for r in found:
+        by_key.setdefault((r[0], r[1]), []).append(r)
+    rows = []
+    for key, group in by_key.items():
+        kept = len(group) - count_of.get(key, 0)
+        for i in range(len(group) - 1, -1, -1):  # the kept rows are the last ones that fit
+            if kept <= 0:
+                break
+            if group[i][8]:
+                group.pop(i)
+                kept -= 1
+        other = [r for r in reasons_of.get(key, []) if r != 7]
+        for r in group:
+            rows.append((*r[:8], REASONS[7] if r[8] else (REASONS[other[0]] if other else "rejected")))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -221,7 +263,6 @@ def write_rejects(rt: Runtime, source_conn: Connection, plan: PivotPlan, start, 
         w.writerow(["ship_id", "data_channel_id", "created_time", "value_format", "double_v", "long_v", "bool_v",
                     "str_v", "server_created_time", "reason"])
         for r in rows:
-            w.writerow([plan.ship_id, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
-                        reason_of.get((r[0], r[1]), "rejected")])
+            w.writerow([plan.ship_id, *r])
     tmp.replace(path)
     log.warning("ship %s %s..%s: %d value(s) rejected, see %s", plan.ship_id, start, end, len(rejects), path)
