@@ -136,6 +136,32 @@ class CutoffStore:
         """Advance the realtime server_created_time cursor of a ship; an older value is ignored."""
         return self._advance(ship_id, "insert_cursor", cursor)
 
+    def check_writable(self) -> None:
+        """Fail now, with :class:`errors.StateError`, when the store cannot be read or written.
+
+        For a run that will write the store later (a backfill, realtime, a strategy): the file is read
+        and parsed (a damaged one raises), and a temp file holding the document is written, synced and
+        removed in the store's folder, so a full, read-only or misplaced STATE_DIR is reported before the
+        run changes anything. The store file itself is never touched.
+        """
+        with self._locked(exclusive=True):
+            data = self._encode(self._read())
+            tmp: str | None = None
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", suffix=".check", dir=self._path.parent)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise _write_error(exc, self._path, self._path) from exc
+            finally:
+                if tmp is not None:
+                    try:
+                        os.unlink(tmp)
+                    except OSError as exc:
+                        log.warning("could not remove the temp file %s: %s", tmp, exc)
+
     def remove(self, ship_id: str) -> bool:
         """Forget a ship entirely (for tests and operators); true when it was present."""
         with self._locked(exclusive=True):
@@ -286,8 +312,9 @@ class CutoffStore:
     def _corrupt(self, what: str) -> NoReturn:
         raise StateError(f"cutoff store {self._path} is corrupt ({what}); {_CORRUPT_HINT}")
 
-    def _write(self, ships: dict[str, ShipState]) -> None:
-        """Replace the file atomically; the caller holds the exclusive lock."""
+    @staticmethod
+    def _encode(ships: dict[str, ShipState]) -> bytes:
+        """The file's bytes for ``ships``."""
         document = {
             "version": STORE_VERSION,
             "ships": {
@@ -295,7 +322,11 @@ class CutoffStore:
                 for ship_id, state in ships.items()
             },
         }
-        data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    def _write(self, ships: dict[str, ShipState]) -> None:
+        """Replace the file atomically; the caller holds the exclusive lock."""
+        data = self._encode(ships)
         folder = self._path.parent
         tmp: str | None = None
         try:

@@ -18,13 +18,13 @@ from zoneinfo import ZoneInfo
 import psycopg2
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, ResourceClosedError
 
 from chunk_ledger import DONE, FAILED, PENDING, RUNNING, Chunk, ChunkLedger
 from config import Settings
 from cutoff_store import CutoffStore
 from database import qualified, server_now
-from errors import ConfigError, MigratorError, SchemaError
+from errors import ConfigError, DatabaseUnavailable, MigratorError, SchemaError
 from progress import LedgerProgress
 from runtime import Runtime, open_runtime
 from table_creator import TABLES_META
@@ -145,6 +145,7 @@ def resolve_cutoff(store: CutoffStore, ship_id: str, given: datetime | None, for
 def prepare_backfill(rt: Runtime, ships: list[str], opts: BackfillOptions) -> dict[str, datetime]:
     """Fix each ship's cutoff and record its chunks in the ledger; returns ship -> cutoff."""
     store = CutoffStore(rt.settings.cutoff_file)
+    store.check_writable()  # a damaged store or a full STATE_DIR stops the run before it changes anything
     ledger = ChunkLedger(rt.settings.target_schema)
     hours = opts.chunk_hours or rt.settings.chunk_hours
     with rt.dbs.source.connect() as sconn:
@@ -214,9 +215,14 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
     waited = 0.0
     try:
         while not (stop and stop.is_set()):
-            chunk = ledger.claim(conn, ships, only_ids)
+            try:
+                chunk = ledger.claim(conn, ships, only_ids)
+                held = ledger.unfinished(conn, ships, only_ids) if chunk is None else 0
+            except (DBAPIError, psycopg2.Error) as exc:
+                log.warning("reading the ledger failed: %s", _error_text(exc))
+                conn = _fresh_connection(rt, conn, stop)
+                continue
             if chunk is None:
-                held = ledger.unfinished(conn, ships, only_ids)
                 if held == 0:
                     break
                 if waited == 0.0:
@@ -242,38 +248,63 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
                 stats.errors.append(error)
                 log.warning("chunk %s %s..%s failed (attempt %d of %d): %s", chunk.ship_id, chunk.start, chunk.end,
                             attempts, max_attempts, error)
-                conn = _fresh_connection(rt, conn)
-                ledger.mark_error(conn, chunk, error, failed=give_up)
+                conn = _fresh_connection(rt, conn, stop)
+                try:
+                    ledger.mark_error(conn, chunk, error, failed=give_up)
+                except (DBAPIError, psycopg2.Error) as exc2:  # lost again: the chunk stays claimable
+                    log.warning("recording the failure failed: %s", _error_text(exc2))
+                    conn = _fresh_connection(rt, conn, stop)
                 if give_up:
                     stats.chunks_failed += 1
                 else:
                     time.sleep(min(backoff_seconds * 2 ** (attempts - 1), 30.0))
             finally:
-                if not conn.invalidated:
+                if not conn.invalidated and not conn.closed:
                     try:
                         ledger.release(conn, chunk.id)
                     except (DBAPIError, psycopg2.Error):
-                        conn = _fresh_connection(rt, conn)
+                        conn = _fresh_connection(rt, conn, stop)
     finally:
         conn.close()
     return stats
 
 
-def _fresh_connection(rt: Runtime, conn: Connection) -> Connection:
-    """``conn`` if it still works (rolled back), else a new one."""
+RECONNECT_LIMIT_SECONDS = 300.0  # how long a worker waits for a lost target database before it gives up
+
+
+def _fresh_connection(rt: Runtime, conn: Connection, stop: threading.Event | None = None) -> Connection:
+    """``conn`` if it still works (rolled back), else a new one, waiting out an outage with backoff."""
     try:
         conn.rollback()
         conn.execute(text("SELECT 1"))
         conn.commit()
         return conn
-    except (DBAPIError, psycopg2.Error):
+    except (DBAPIError, psycopg2.Error, ResourceClosedError):
         log.info("target connection lost; reconnecting")
         try:
             conn.invalidate()
             conn.close()
-        except (DBAPIError, psycopg2.Error) as exc:
+        except (DBAPIError, psycopg2.Error, ResourceClosedError) as exc:
             log.debug("closing the lost connection: %s", exc)
-        return rt.dbs.target.connect()
+    delay, waited = 0.5, 0.0
+    while True:
+        try:
+            fresh = rt.dbs.target.connect()
+            fresh.execute(text("SELECT 1"))
+            fresh.commit()
+            return fresh
+        except (DBAPIError, psycopg2.Error) as exc:
+            if waited >= RECONNECT_LIMIT_SECONDS:
+                raise DatabaseUnavailable(f"the target database has been unreachable for {waited:.0f} s: "
+                                          f"{_error_text(exc)}; re-run when it is back (done chunks are kept)"
+                                          ) from exc
+            log.warning("target database unreachable (%s); retrying in %.1f s", _error_text(exc), delay)
+            if stop is not None and stop.wait(delay):
+                raise DatabaseUnavailable("stopped while the target database was unreachable") from exc
+            if stop is None:
+                time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 10.0)
 
 
 def _worker_process(settings: Settings, ships: list[str], max_attempts: int, backoff: float, log_level: int,

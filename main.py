@@ -16,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 import click
+import psycopg2
+from sqlalchemy.exc import SQLAlchemyError
 
 from config import Settings, load_settings
 from errors import ConfigError, MigratorError, NotImplementedYet
@@ -40,6 +42,40 @@ def _mode_help() -> str:
     return "; ".join(f"{name}: {text}" for name, text in MODES.items())
 
 
+class LogFileHandler(logging.FileHandler):
+    """The log file. A failed write (a full or read-only STATE_DIR) turns it off with one warning line
+    on stderr, instead of logging's "--- Logging error ---" and a traceback for every record."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` unless an earlier write failed."""
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Give up on the file after the first error, saying so once."""
+        if self.failed:
+            return
+        self.failed = True
+        exc = sys.exc_info()[1]
+        reason = getattr(exc, "strerror", None) or exc
+        sys.stderr.write(f"warning: cannot write the log file {self.baseFilename}: {reason}; "
+                         "diagnostics go to stderr only\n")
+        try:
+            self.close()
+        except (OSError, ValueError):
+            pass  # the unwritten buffer cannot be flushed either
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its first line, or for a database error the driver's first line."""
+    orig = getattr(exc, "orig", None)
+    source = orig if isinstance(orig, BaseException) else exc
+    lines = [line.strip() for line in str(source).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(source).__name__
+
+
 def setup_logging(verbosity: int, log_file: Path | None) -> None:
     """Diagnostics to stderr (INFO by default, -v DEBUG, -q WARNING) and everything to ``log_file``."""
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
@@ -53,7 +89,7 @@ def setup_logging(verbosity: int, log_file: Path | None) -> None:
     if log_file is not None:
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(log_file, encoding="utf-8")
+            handler = LogFileHandler(log_file, encoding="utf-8")
         except OSError as exc:
             log.warning("cannot write the log file %s: %s", log_file, exc)
         else:
@@ -150,17 +186,27 @@ def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> No
         log.debug("error", exc_info=True)
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except (SQLAlchemyError, psycopg2.Error) as exc:  # a connection lost mid-run, or an unexpected SQL error
+        log.debug("database error", exc_info=True)
+        if debug:
+            traceback.print_exc()
+        orig = getattr(exc, "orig", None) or exc
+        what = ("lost the connection to the database" if isinstance(orig, psycopg2.OperationalError)
+                else "database error")
+        click.echo(f"error: {what}: {type(orig).__name__}: {one_line(exc)}; check the database and re-run "
+                   f"(every step resumes; --debug shows the traceback; log: {settings.log_file})", err=True)
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - last resort: one line, the traceback in the log
         log.debug("unexpected error", exc_info=True)
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback; log: {settings.log_file})",
-                   err=True)
+        click.echo(f"error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback; "
+                   f"log: {settings.log_file})", err=True)
         sys.exit(1)
     if quiet_cycle and code == 0:
         result = None  # cron mails whatever is printed: a good --once cycle prints nothing

@@ -359,6 +359,7 @@ def run_realtime(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: RealtimeOpti
                             "use the default created_time cursor")
     stop = stop or threading.Event()
     store = CutoffStore(rt.settings.cutoff_file)
+    store.check_writable()  # before any wide row is written: a watermark that cannot be stored stops us now
     cache = ShipPlanCache(rt)
     locks = ShipLocks(rt.dbs.target, rt.settings.target_schema, ships)
     locks.acquire(wait=opts.wait_for_lock)
@@ -369,7 +370,23 @@ def run_realtime(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: RealtimeOpti
     try:
         with (stop_on_signals(stop) if opts.install_signal_handlers else nullcontext(stop)):
             while True:
-                locks.check()
+                try:
+                    locks.check()
+                except (SQLAlchemyError, psycopg2.Error) as exc:  # the database is away: a failed cycle
+                    failures += 1
+                    consecutive += 1
+                    wait = min(2.0 ** (consecutive - 1), 60.0)
+                    log.warning("cannot take the realtime locks (%s); retrying in %.1f s (%d failed cycle(s) "
+                                "in a row)", error_line(exc), wait, consecutive)
+                    if opts.once:
+                        raise
+                    if stop.wait(wait):
+                        reason = "signal"
+                        break
+                    if deadline is not None and time.monotonic() >= deadline:
+                        reason = "run-for"
+                        break
+                    continue
                 cycle = last = run_cycle(rt, cache, store, clock, ships, opts, cycles + 1)
                 cycles += 1
                 rows += cycle.rows_read

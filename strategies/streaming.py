@@ -38,6 +38,7 @@ class StreamingStrategy(Strategy):
         ships = resolve_ships(rt, ship_ids)
         clock = source_clock(rt)
         store = CutoffStore(rt.settings.cutoff_file)
+        store.check_writable()
         cache = ShipPlanCache(rt)
         chunk = timedelta(hours=opts.chunk_hours or rt.settings.chunk_hours)
         lookback = timedelta(minutes=rt.settings.realtime_lookback_minutes)
