@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from errors import ConfigError
@@ -69,21 +69,51 @@ class Settings:
         """Folder of reject files (values that did not fit their column)."""
         return self.state_dir / "rejects"
 
+    def __repr__(self) -> str:
+        """Like the dataclass repr, with the passwords of both URLs hidden (a repr may reach a log or a report)."""
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown_value = repr(redact_url(value)) if f.name.endswith("_url") and value is not None else repr(value)
+            parts.append(f"{f.name}={shown_value}")
+        return f"Settings({', '.join(parts)})"
+
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields replaced (command-line options win over the environment)."""
         return replace(self, **changes)
 
 
+def shown(value: str, limit: int = 120) -> str:
+    """``value`` for a one-line message: control characters (a newline in a hostile setting) escaped, long ones cut."""
+    text = re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+_SECRET_QUERY_KEYS = ("password", "sslpassword")  # libpq takes a password in the query string too
+
+
 def redact_url(url: str | None) -> str:
-    """Render a database URL with its password hidden; safe for output and logs."""
+    """Render a database URL with its password hidden; safe for output and logs.
+
+    Hidden: the password, ``password=``/``sslpassword=`` query parameters, and whatever a raw '@' in the
+    password pushed into the host part.
+    """
     if url is None:
         return "(embedded PostgreSQL)"
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if parsed.host and "@" in parsed.host:  # a raw '@' in the password: its rest went into the host
+            parsed = parsed.set(password="***", host=parsed.host.rsplit("@", 1)[1])
+        secret = [k for k in parsed.query if k.lower() in _SECRET_QUERY_KEYS]
+        rendered = parsed.difference_update_query(secret).render_as_string(hide_password=True)
+        if secret:
+            rendered += ("&" if "?" in rendered else "?") + "&".join(f"{k}=***" for k in secret)
+        return rendered
     except Exception:  # noqa: BLE001 - an unparsable URL must still never leak
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        text = re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
+        return re.sub(r"(?i)\b((?:ssl)?password=)[^&\s]*", r"\1***", text)
 
 
 def _normalise_url(name: str, url: str, problems: list[str]) -> str | None:
@@ -93,6 +123,9 @@ def _normalise_url(name: str, url: str, problems: list[str]) -> str | None:
         parsed = make_url(url)
     except Exception:  # noqa: BLE001 - any parse failure is a usage error
         problems.append(f"{name} is not a valid database URL (expected postgresql://user:password@host:port/dbname)")
+        return None
+    if parsed.host and "@" in parsed.host:  # said without the URL: the host part now holds password text
+        problems.append(f"{name} has a raw '@' in its user name or password; write it as %40")
         return None
     backend = parsed.drivername.split("+")[0]
     if backend not in ("postgresql", "postgres"):
@@ -105,7 +138,7 @@ def _positive_int(name: str, raw: str, problems: list[str], minimum: int = 1) ->
     try:
         value = int(raw.strip())
     except ValueError:
-        problems.append(f"{name} must be a whole number, got '{raw}'")
+        problems.append(f"{name} must be a whole number, got '{shown(raw)}'")
         return minimum
     if value < minimum:
         problems.append(f"{name} must be at least {minimum}, got {value}")
@@ -160,13 +193,13 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
     source_schema, source_table = "tenant", "tbl_data_timeseries"
     match = _TABLE_RE.match(get("SOURCE_TABLE"))
     if match is None:
-        problems.append(f"SOURCE_TABLE must be a table name like schema.table, got '{get('SOURCE_TABLE')}'")
+        problems.append(f"SOURCE_TABLE must be a table name like schema.table, got '{shown(get('SOURCE_TABLE'))}'")
     else:
         source_schema, source_table = match.group(1) or "public", match.group(2)
 
     target_schema = get("TARGET_SCHEMA")
     if not re.fullmatch(_IDENT, target_schema):
-        problems.append(f"TARGET_SCHEMA must be a schema name (letters, digits, _), got '{target_schema}'")
+        problems.append(f"TARGET_SCHEMA must be a schema name (letters, digits, _), got '{shown(target_schema)}'")
 
     ship_ids = tuple(s.strip() for s in get("TARGET_SHIP_IDS").split(",") if s.strip())
     chunk_hours = _positive_int("CHUNK_HOURS", get("CHUNK_HOURS"), problems)
@@ -178,7 +211,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
 
         ZoneInfo(timezone)
     except Exception:  # noqa: BLE001 - any lookup failure means the name is unusable
-        problems.append(f"SOURCE_TIMEZONE must be an IANA zone name like UTC or Europe/Oslo, got '{timezone}'")
+        problems.append(f"SOURCE_TIMEZONE must be an IANA zone name like UTC or Europe/Oslo, got '{shown(timezone)}'")
 
     state_dir = Path(get("STATE_DIR") or "./state")
     pgdata = Path(get("EMBEDDED_PGDATA")) if get("EMBEDDED_PGDATA") else state_dir / "pgdata"

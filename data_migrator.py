@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, ResourceClosedError
 from chunk_ledger import DONE, FAILED, PENDING, RUNNING, Chunk, ChunkLedger
 from config import Settings
 from cutoff_store import CutoffStore
-from database import qualified, server_now
+from database import qualified, qualified_raw, server_now
 from errors import ConfigError, DatabaseUnavailable, MigratorError, SchemaError
 from progress import LedgerProgress
 from runtime import Runtime, open_runtime
@@ -116,7 +116,7 @@ def database_now(conn: Connection, time_type: str, tz: str) -> datetime:
 
 def wide_ships(conn: Connection, schema: str) -> list[str]:
     """Ships that have wide tables (recorded by tables-only)."""
-    if conn.execute(text("SELECT to_regclass(:t)"), {"t": qualified(schema, TABLES_META)}).scalar() is None:
+    if conn.execute(text("SELECT to_regclass(:t)"), {"t": qualified_raw(schema, TABLES_META)}).scalar() is None:
         return []
     return list(conn.execute(text(f"SELECT DISTINCT ship_id FROM {qualified(schema, TABLES_META)} ORDER BY 1"))
                 .scalars())

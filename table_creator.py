@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ProgrammingError
 
-from database import qi, qualified
+from database import qi, qualified, qualified_raw
 from errors import SchemaError
 from runtime import Runtime
 from schema_analyzer import ChannelSchema, SchemaAnalysis, ShipSchema, TablePart, load_schema, name_parts
@@ -52,7 +52,9 @@ class TablesResult:
 def ensure_metadata(conn: Connection, schema: str) -> None:
     """Create the target schema and the metadata tables when missing."""
     try:
-        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {qi(schema)}"))
+        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists
+        if conn.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).first() is None:
+            conn.execute(text(f"CREATE SCHEMA {qi(schema)}"))
         conn.execute(text(f"""CREATE TABLE IF NOT EXISTS {qualified(schema, TABLES_META)} (
             table_name text PRIMARY KEY,
             ship_id text NOT NULL,
@@ -73,7 +75,8 @@ def ensure_metadata(conn: Connection, schema: str) -> None:
     except ProgrammingError as exc:
         raise SchemaError(
             f"cannot create tables in schema {schema!r}: {str(exc.orig).strip().splitlines()[0]}; "
-            f"GRANT CREATE ON SCHEMA {schema} to the tool's role (see README)"
+            f"create the schema and GRANT USAGE, CREATE ON SCHEMA {schema} to the tool's role, or GRANT CREATE "
+            "ON DATABASE so that it can create the schema itself (see README)"
         ) from exc
 
 
@@ -85,7 +88,7 @@ def lock_ship_ddl(conn: Connection, schema: str, ship_id: str) -> None:
 
 def load_ship_layout(conn: Connection, schema: str, ship_id: str) -> ShipSchema | None:
     """The layout recorded in the metadata tables, or None when the ship has no tables yet."""
-    exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": qualified(schema, COLUMNS_META)}).scalar()
+    exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": qualified_raw(schema, COLUMNS_META)}).scalar()
     if exists is None:
         return None
     rows = conn.execute(text(
@@ -103,7 +106,7 @@ def load_ship_layout(conn: Connection, schema: str, ship_id: str) -> ShipSchema 
 
 
 def _table_exists(conn: Connection, schema: str, table: str) -> bool:
-    return conn.execute(text("SELECT to_regclass(:t)"), {"t": qualified(schema, table)}).scalar() is not None
+    return conn.execute(text("SELECT to_regclass(:t)"), {"t": qualified_raw(schema, table)}).scalar() is not None
 
 
 def _owned_tables(conn: Connection, schema: str, ship_id: str) -> dict[str, int]:
@@ -115,7 +118,7 @@ def _owned_tables(conn: Connection, schema: str, ship_id: str) -> dict[str, int]
 def _existing_columns(conn: Connection, schema: str, table: str) -> set[str]:
     return set(conn.execute(text(
         "SELECT attname FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped"),
-        {"t": qualified(schema, table)}).scalars())
+        {"t": qualified_raw(schema, table)}).scalars())
 
 
 def apply_ship_layout(conn: Connection, schema: str, ship: ShipSchema, time_type: str) -> ShipTablesResult:
