@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -308,10 +309,20 @@ def _fresh_connection(rt: Runtime, conn: Connection, stop: threading.Event | Non
 
 
 def _worker_process(settings: Settings, ships: list[str], max_attempts: int, backoff: float, log_level: int,
-                    only_ids: list[int] | None) -> None:
+                    only_ids: list[int] | None, parent_pid: int) -> None:
     logging.basicConfig(level=log_level, format="%(message)s")
+    stop = threading.Event()
+
+    def watch_parent() -> None:
+        # a parent killed with SIGKILL cannot stop its workers: they notice and stop after their chunk
+        while not stop.wait(1.0):
+            if os.getppid() != parent_pid:
+                log.warning("the backfill process %d is gone; this worker stops after its chunk", parent_pid)
+                stop.set()
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     with open_runtime(settings, "narrow-to-wide-worker") as rt:
-        work_chunks(rt, ships, max_attempts, backoff, only_ids=only_ids)
+        work_chunks(rt, ships, max_attempts, backoff, stop=stop, only_ids=only_ids)
 
 
 def run_workers(rt: Runtime, ships: list[str], workers: int, max_attempts: int, backoff: float,
@@ -326,7 +337,8 @@ def run_workers(rt: Runtime, ships: list[str], workers: int, max_attempts: int, 
         return
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
-    procs = [ctx.Process(target=_worker_process, args=(rt.settings, ships, max_attempts, backoff, level, only_ids),
+    procs = [ctx.Process(target=_worker_process, args=(rt.settings, ships, max_attempts, backoff, level, only_ids,
+                                                               os.getpid()),
                          name=f"backfill-worker-{i}") for i in range(workers)]
     for p in procs:
         p.start()

@@ -39,7 +39,8 @@ CURSORS = ("created_time", "server_created_time")
 FUTURE_TOLERANCE = timedelta(minutes=5)  # newer created_time than now + this is reported as ahead
 HOUR = timedelta(hours=1)
 # what a cycle (or a streaming step) survives: logged, the connections re-made, tried again later
-RETRYABLE = (MigratorError, DBAPIError, SQLAlchemyError, psycopg2.Error, OSError)
+# (ValueError: a value the pivot could not encode; the backfill counts it as a chunk failure too)
+RETRYABLE = (MigratorError, DBAPIError, SQLAlchemyError, psycopg2.Error, OSError, ValueError)
 
 
 @dataclass(frozen=True)

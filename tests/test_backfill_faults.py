@@ -274,6 +274,56 @@ def test_workers_share_one_backfill_without_a_chunk_done_twice(runtime, prepared
     assert_exact(runtime, seed.ship_ids)
 
 
+def _children(pid: int) -> set[int]:
+    """The pids whose parent is ``pid`` (from /proc)."""
+    out = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            out.add(int(status.parent.name))
+    return out
+
+
+def test_worker_processes_stop_when_their_parent_is_killed_and_a_rerun_is_exact(runtime, prepared, procs):
+    """SIGKILL of a ``--workers 2`` backfill leaves no orphans: each worker ends after its chunk."""
+    seed = prepared(ships=2, channels=8, days=0.5)
+    slow_down_writes(runtime, 0.3, seed.ship_ids)
+    parent = procs.start(*migrate_args("--workers", "2", chunk_hours=1))
+    deadline = time.monotonic() + 60
+    while len(workers := _children(parent.pid)) < 2 or not any_chunk_done(runtime):
+        assert time.monotonic() < deadline and parent.poll() is None, "the workers never got going"
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while alive := {w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)}:
+        assert time.monotonic() < deadline, f"worker(s) {alive} still running 30 s after their parent died"
+        time.sleep(0.2)
+    rows = ledger_rows(runtime)
+    # orphaned workers would have gone on to drain the ledger; stopped ones leave most chunks pending
+    assert {r.status for r in rows} != {"done"}, "the workers went on after their parent died"
+    code, out, err = procs.run(*migrate_args(chunk_hours=1), timeout=120)
+    assert code == 0, out + err
+    assert_exact(runtime, seed.ship_ids)
+
+
+def _state(pid: int) -> str:
+    try:
+        return next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State"))
+    except (OSError, StopIteration):
+        return "Z"
+
+
+def any_chunk_done(runtime) -> bool:
+    """True once the ledger exists and has a done chunk."""
+    if not _ledger_exists(runtime):
+        return False
+    return any(r.status == "done" for r in ledger_rows(runtime))
+
+
 # ----------------------------------------------------------------------------------------------
 # 3. a chunk that fails twice, then succeeds
 
