@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
@@ -23,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, ResourceClosedError
 
 from chunk_ledger import DONE, FAILED, PENDING, RUNNING, Chunk, ChunkLedger
 from config import Settings
+from copy_reader import CopyReaderProcess
 from cutoff_store import CutoffStore
 from database import qualified, qualified_raw, server_now
 from errors import ConfigError, DatabaseUnavailable, MigratorError, SchemaError
@@ -32,6 +34,7 @@ from table_creator import TABLES_META
 from window_migrator import ShipPlanCache, UnknownChannels, migrate_window
 
 log = logging.getLogger(__name__)
+READER_PROCESSES = 2  # source blocks read at once by a backfill worker, each by a helper process
 
 
 @dataclass(frozen=True)
@@ -181,13 +184,14 @@ def _error_text(exc: BaseException) -> str:
 
 
 def process_chunk(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: ShipPlanCache, chunk: Chunk,
-                  time_type: str) -> int:
+                  time_type: str, readers: Sequence[CopyReaderProcess] = ()) -> int:
     """Migrate one claimed chunk; its data and its ledger row commit together. Returns rows read."""
     plan = cache.ensure_channels(chunk.ship_id, time_type)
     with rt.dbs.source.connect() as sconn:
         sconn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         with conn.begin():
-            result = migrate_window(rt, sconn, conn, plan, chunk.start, chunk.end, direct=True)
+            result = migrate_window(rt, sconn, conn, plan, chunk.start, chunk.end, direct=True,
+                                    readers=readers)
             ledger.mark_done(conn, chunk, result.rows_read, result.cells_written, result.wide_rows,
                              result.rejected, result.tables)
     log.debug("chunk %s %s..%s: %d rows in %.2f s (read %.2f, pivot %.2f, write %.2f)", chunk.ship_id,
@@ -213,6 +217,10 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
     with rt.dbs.source.connect() as sconn:
         time_type = rt.source.time_type(sconn)
     conn = rt.dbs.target.connect()
+    # helper processes that read the source's blocks, two at a time
+    readers = [CopyReaderProcess(rt.dbs.source) for _ in range(READER_PROCESSES)]
+    for reader in readers:
+        reader.start()
     waited = 0.0
     try:
         while not (stop and stop.is_set()):
@@ -237,7 +245,7 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
                 continue
             waited = 0.0
             try:
-                stats.rows_read += process_chunk(rt, conn, ledger, cache, chunk, time_type)
+                stats.rows_read += process_chunk(rt, conn, ledger, cache, chunk, time_type, readers)
                 stats.chunks_done += 1
             except (DBAPIError, psycopg2.Error, MigratorError, OSError, ValueError) as exc:
                 if isinstance(exc, UnknownChannels):
@@ -266,6 +274,8 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
                     except (DBAPIError, psycopg2.Error):
                         conn = _fresh_connection(rt, conn, stop)
     finally:
+        for reader in readers:
+            reader.close()
         conn.close()
     return stats
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -190,8 +191,11 @@ def _copy_sql(cur, query: str, params: dict) -> str:
     return "COPY (" + cur.mogrify(query, params).decode() + ") TO STDOUT (FORMAT binary)"
 
 
-def _copy_out(cursor, query: str, params: dict, row_dtype: np.dtype, key: str) -> tuple[dict[str, np.ndarray], int]:
+def _copy_out(cursor, query: str, params: dict, row_dtype: np.dtype, key: str,
+              copy_out: Callable[[str], memoryview] | None = None) -> tuple[dict[str, np.ndarray], int]:
     """Run the COPY into memory (``BytesIO.write`` is C: no Python frame per row) and decode it."""
+    if copy_out is not None:
+        return _decode_rows(copy_out(_copy_sql(cursor, query, params)), row_dtype, key)
     buf = io.BytesIO()
     try:
         cursor.copy_expert(_copy_sql(cursor, query, params), buf)
@@ -230,11 +234,12 @@ def _map_hashes(row_hash: np.ndarray, lookup: tuple[np.ndarray, np.ndarray]) -> 
 
 
 def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: datetime,
-                order_by: str | None = None) -> NarrowBatch:
+                order_by: str | None = None, copy_out: Callable[[str], memoryview] | None = None) -> NarrowBatch:
     """COPY the rows of ``plan.ship_id`` with ``start <= created_time < end`` out of the source.
 
     ``cursor`` is a psycopg2 cursor on the source; ``source_sql`` the quoted table name.
-    Values are bound by the driver; identifiers were quoted by the caller.
+    Values are bound by the driver; identifiers were quoted by the caller. ``copy_out``, when
+    given, runs the big numeric COPY elsewhere (:mod:`copy_reader`) and returns its bytes.
 
     The server sends each row's channel as its 64-bit ``hashtextextended`` and the client maps the
     hash to the channel index (a sorted-array search): this costs the server a fifth less than
@@ -250,7 +255,7 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
                 coalesce(s.double_v, 0), coalesce(s.long_v, 0)
             FROM {source_sql} s
             WHERE s.ship_id = %(ship)s AND s.created_time >= %(start)s AND s.created_time < %(end)s""" + order_sql
-        fields, size = _copy_out(cursor, numeric, params, HASH_ROW_DTYPE, "hash")
+        fields, size = _copy_out(cursor, numeric, params, HASH_ROW_DTYPE, "hash", copy_out)
         idx = _map_hashes(fields.pop("hash"), lookup)
         if text_set:  # text channels' rows come from their own query below
             keep = (idx < 0) | (plan.kind[np.maximum(idx, 0)] != KIND_TEXT)
@@ -271,14 +276,15 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
               AND m.t IS NOT TRUE""" + order_sql
         join = dict(params, chs=list(plan.channels), idx=list(range(len(plan.channels))),
                     txt=[i in text_set for i in range(len(plan.channels))])
-        fields, size = _copy_out(cursor, numeric, join, ROW_DTYPE, "idx")
+        fields, size = _copy_out(cursor, numeric, join, ROW_DTYPE, "idx", copy_out)
     batch = NarrowBatch(**fields, bytes_read=size)
     if text_set:
-        _read_text_rows(cursor, source_sql, plan, dict(params, order_by=order_by), batch)
+        _read_text_rows(cursor, source_sql, plan, dict(params, order_by=order_by), batch, copy_out)
     return batch
 
 
-def _read_text_rows(cursor, source_sql: str, plan: PivotPlan, params: dict, batch: NarrowBatch) -> None:
+def _read_text_rows(cursor, source_sql: str, plan: PivotPlan, params: dict, batch: NarrowBatch,
+                    copy_out: Callable[[str], memoryview] | None = None) -> None:
     """Rows of text-column channels: their value rendered as text by the server."""
     text_idx = plan.text_indexes
     query = f"""SELECT s.created_time, m.i, ({_FMT_SQL})::int2,
@@ -289,9 +295,12 @@ def _read_text_rows(cursor, source_sql: str, plan: PivotPlan, params: dict, batc
         WHERE s.created_time >= %(start)s AND s.created_time < %(end)s""" + (
         f" ORDER BY {params['order_by']}" if params.get("order_by") else "")
     p = dict(params, tchs=[plan.channels[i] for i in text_idx], tidx=text_idx)
-    buf = _CollectingSink()
-    cursor.copy_expert(_copy_sql(cursor, query, p), buf)
-    data = buf.getvalue()
+    if copy_out is not None:
+        data = bytes(copy_out(_copy_sql(cursor, query, p)))
+    else:
+        buf = _CollectingSink()
+        cursor.copy_expert(_copy_sql(cursor, query, p), buf)
+        data = buf.getvalue()
     ts, idx, fmt, vals = [], [], [], []
     pos = 19 + struct.unpack(">i", data[15:19])[0]
     unpack_row = struct.Struct(">hi q i i i h i").unpack_from

@@ -10,18 +10,21 @@ import csv
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from copy_reader import CopyReaderProcess
 from database import raw_cursor
 from errors import SchemaError
 from narrow_source import SourceTable
-from pivot import REASONS, PivotPlan, Rejects, encode_copy, pivot, read_window
+from pivot import REASONS, NarrowBatch, PivotPlan, Rejects, encode_copy, hash_lookup, pivot, read_window
 from runtime import Runtime
 from table_creator import add_channels, load_ship_layout
 from wide_layout import TIME_COLUMN, short_hash
@@ -30,7 +33,7 @@ from wide_writer import delete_window, merge_copy, write_copy
 log = logging.getLogger(__name__)
 
 _PG_EPOCH = datetime(2000, 1, 1)
-READ_BLOCKS = 6  # a window is read in up to this many time blocks (pipelined with pivot and write)
+READ_BLOCKS = 12  # a window is read in up to this many time blocks (pipelined with pivot and write)
 BLOCK_MIN = timedelta(minutes=30)  # never smaller blocks than this
 
 
@@ -130,13 +133,15 @@ def migrate_window(
     end: datetime,
     replace: bool = False,
     direct: bool = False,
+    readers: Sequence[CopyReaderProcess] = (),
 ) -> WindowResult:
     """Move the rows of ``plan.ship_id`` with ``start <= created_time < end`` into the wide tables.
 
     Writes in ``target_conn``'s open transaction (the caller commits). ``replace`` first deletes
     the window's wide rows (validate --repair), so cells whose source row is gone disappear too.
     ``direct`` (the backfill) copies a block straight into a table that has no row in its range
-    instead of merging it; realtime and repair always merge.
+    instead of merging it; realtime and repair always merge. ``readers`` (the backfill) run the
+    COPYs of the blocks in helper processes on this transaction's snapshot, one block each at a time.
     Raises :class:`UnknownChannels` when rows of a channel without a column were read.
 
     The window is read in time blocks (a wide row never spans two: it is one created_time), and
@@ -156,18 +161,28 @@ def migrate_window(
     t_read = t_pivot = t_write = 0.0
     aware = isinstance(start, datetime) and start.tzinfo is not None
     order_by = rt.source.duplicate_order(source_conn)  # None (no sort) when a unique key rules out duplicates
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-reader") as reader:
-        pending = reader.submit(read_window, cursor, rt.source.sql, plan, *blocks[0], order_by)
+    hash_lookup(cursor, plan)  # asked here, once, before reader threads could ask it together
+    if readers:
+        snapshot = readers[0].export_snapshot(source_conn)
+        outs = [partial(r.copy_out, snapshot) for r in readers]
+    else:
+        outs = [None]  # one reader thread on this connection
+
+    def read(k: int) -> NarrowBatch:
+        return read_window(cursor, rt.source.sql, plan, *blocks[k], order_by, outs[k % len(outs)])
+
+    with ThreadPoolExecutor(max_workers=len(outs), thread_name_prefix="window-reader") as pool:
+        pending = {k: pool.submit(read, k) for k in range(min(len(outs), len(blocks)))}
         for k, (b_start, b_end) in enumerate(blocks):
             t0 = time.monotonic()
-            batch = pending.result()
+            batch = pending.pop(k).result()
             t1 = time.monotonic()
             t_read += t1 - t0
-            if k + 1 < len(blocks):
-                pending = reader.submit(read_window, cursor, rt.source.sql, plan, *blocks[k + 1], order_by)
+            if k + len(outs) < len(blocks):  # the reader of block k is free again: it takes block k + n
+                pending[k + len(outs)] = pool.submit(read, k + len(outs))
             if (batch.idx < 0).any():
-                if k + 1 < len(blocks):
-                    pending.result()  # let the reader finish before the connection is used again
+                for later in pending.values():
+                    later.result()  # let the readers finish before the connection is used again
                 raise UnknownChannels(plan.ship_id, unknown_channels_in(source_conn, rt.source, plan, start, end))
             result = pivot(plan, batch)
             t2 = time.monotonic()

@@ -275,8 +275,8 @@ def tool_backfill(rt: Runtime, cutoff: datetime, workers: int, seeded_rows: int)
         migrator_log.removeHandler(stages)
         migrator_log.setLevel(old_level)
     extra.rss_self_peak_mb = _rss_mb(resource.RUSAGE_SELF)
-    if workers > 1:
-        extra.rss_children_peak_mb = _rss_mb(resource.RUSAGE_CHILDREN)
+    # the largest finished child: a worker process, or a worker's source reader process
+    extra.rss_children_peak_mb = _rss_mb(resource.RUSAGE_CHILDREN)
     totals = ledger_totals(rt)
     extra.rows_read = result.rows_read
     extra.chunks_done = int(totals["done"])
@@ -449,7 +449,7 @@ def render(report: Report) -> str:
     b = report.backfill
     lines.append("")
     lines.append(f"backfill peak RSS: this process {b.rss_self_peak_mb:.0f} MB (before the backfill "
-                 f"{b.rss_self_before_mb:.0f} MB); worker processes "
+                 f"{b.rss_self_before_mb:.0f} MB); largest worker or reader process "
                  f"{'n/a' if b.rss_children_peak_mb is None else f'{b.rss_children_peak_mb:.0f} MB'}")
     if b.stages:
         lines.append(f"backfill stages over {b.stages['chunks']} chunk(s): read {b.stages['read_seconds']:.2f} s, "

@@ -310,6 +310,44 @@ def test_worker_processes_stop_when_their_parent_is_killed_and_a_rerun_is_exact(
     assert_exact(runtime, seed.ship_ids)
 
 
+def test_a_killed_reader_process_fails_its_chunk_once_and_a_killed_backfill_leaves_no_reader(
+        runtime, prepared, procs):
+    """The helper processes that read the source: one SIGKILLed mid-run is replaced (a read it was doing
+    costs its chunk one attempt, retried) and the result is exact; SIGKILL of the backfill ends its readers."""
+    seed = prepared(ships=1, channels=12, days=0.5)
+    slow_down_writes(runtime, 0.2, seed.ship_ids)
+    proc = procs.start(*migrate_args(chunk_hours=1))
+    deadline = time.monotonic() + 60
+    while len(readers := _children(proc.pid)) < 2 or not any_chunk_done(runtime):
+        assert time.monotonic() < deadline and proc.poll() is None, "the backfill never got going"
+        time.sleep(0.05)
+    os.kill(min(readers), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while (now := _children(proc.pid)) == readers or len(now) < 2:  # a new reader replaces the killed one
+        assert time.monotonic() < deadline and proc.poll() is None, f"no reader replaced {min(readers)}"
+        time.sleep(0.05)
+    code, out, err = procs.finish(proc, timeout=120)
+    assert code == 0, out + err
+    rows = ledger_rows(runtime)
+    assert {r.status for r in rows} == {"done"} and sum(r.attempts for r in rows) <= 1
+    assert_exact(runtime, seed.ship_ids)
+
+    with runtime.dbs.target.begin() as conn:  # once more, killing the backfill itself this time
+        conn.execute(text(f"UPDATE {qualified(runtime.settings.target_schema, 'migrator_chunks')} "
+                          "SET status = 'pending'"))
+    proc = procs.start(*migrate_args(chunk_hours=1))
+    deadline = time.monotonic() + 60
+    while len(readers := _children(proc.pid)) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "the readers never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while alive := {r for r in readers if Path(f"/proc/{r}").exists() and "Z" not in _state(r)}:
+        assert time.monotonic() < deadline, f"reader(s) {alive} still running 30 s after the backfill died"
+        time.sleep(0.2)
+
+
 def _state(pid: int) -> str:
     try:
         return next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State"))
