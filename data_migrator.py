@@ -219,10 +219,10 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
     conn = rt.dbs.target.connect()
     # helper processes that read the source's blocks, two at a time
     readers = [CopyReaderProcess(rt.dbs.source) for _ in range(READER_PROCESSES)]
-    for reader in readers:
-        reader.start()
     waited = 0.0
     try:
+        for reader in readers:
+            reader.start()
         while not (stop and stop.is_set()):
             try:
                 chunk = ledger.claim(conn, ships, only_ids)
@@ -347,9 +347,8 @@ def run_workers(rt: Runtime, ships: list[str], workers: int, max_attempts: int, 
         return
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
-    procs = [ctx.Process(target=_worker_process, args=(rt.settings, ships, max_attempts, backoff, level, only_ids,
-                                                               os.getpid()),
-                         name=f"backfill-worker-{i}") for i in range(workers)]
+    args = (rt.settings, ships, max_attempts, backoff, level, only_ids, os.getpid())
+    procs = [ctx.Process(target=_worker_process, args=args, name=f"backfill-worker-{i}") for i in range(workers)]
     for p in procs:
         p.start()
     try:

@@ -296,6 +296,7 @@ def sync_ship(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: Sour
 
 
 def error_line(exc: BaseException) -> str:
+    """``exc`` as ``Type: first line`` (the driver's error for a database error), for logs and results."""
     orig = getattr(exc, "orig", None)
     first = str(orig if orig is not None else exc).strip().splitlines()
     return f"{type(orig if orig is not None else exc).__name__}: {first[0] if first else ''}"
