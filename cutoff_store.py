@@ -145,22 +145,7 @@ class CutoffStore:
         run changes anything. The store file itself is never touched.
         """
         with self._locked(exclusive=True):
-            data = self._encode(self._read())
-            tmp: str | None = None
-            try:
-                fd, tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", suffix=".check", dir=self._path.parent)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            except OSError as exc:
-                raise _write_error(exc, self._path, self._path) from exc
-            finally:
-                if tmp is not None:
-                    try:
-                        os.unlink(tmp)
-                    except OSError as exc:
-                        log.warning("could not remove the temp file %s: %s", tmp, exc)
+            self._write(self._read(), replace=False)
 
     def remove(self, ship_id: str) -> bool:
         """Forget a ship entirely (for tests and operators); true when it was present."""
@@ -324,8 +309,11 @@ class CutoffStore:
         }
         return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
-    def _write(self, ships: dict[str, ShipState]) -> None:
-        """Replace the file atomically; the caller holds the exclusive lock."""
+    def _write(self, ships: dict[str, ShipState], replace: bool = True) -> None:
+        """Replace the file atomically; the caller holds the exclusive lock.
+
+        With ``replace=False`` the synced temp file is removed instead: a trial write that leaves the store as it is.
+        """
         data = self._encode(ships)
         folder = self._path.parent
         tmp: str | None = None
@@ -335,9 +323,10 @@ class CutoffStore:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, self._path)
-            tmp = None
-            _fsync_dir(folder)
+            if replace:
+                os.replace(tmp, self._path)
+                tmp = None
+                _fsync_dir(folder)
         except OSError as exc:
             raise _write_error(exc, self._path, self._path) from exc
         finally:

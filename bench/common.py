@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from sqlalchemy import text
@@ -11,6 +12,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from config import Settings, redact_url
 from database import qi
+from runtime import Runtime
 
 log = logging.getLogger("bench")
 
@@ -62,3 +64,18 @@ def stop_embedded(pgdata: Path) -> None:
         pgserver.get_server(pgdata).cleanup()
     except Exception as exc:  # noqa: BLE001 - stopping is best effort; pgserver also stops it at exit
         log.debug("stopping the embedded server: %s", exc)
+
+
+def clean_up(rt: Runtime, settings: Settings, schemas: list[str], tmp: Path, keep: bool) -> None:
+    """End a benchmark run: drop its schemas (unless ``keep``), close the engines, stop an embedded server."""
+    try:
+        if keep:
+            log.info("kept schemas %s and state %s", ", ".join(schemas), tmp)
+        else:
+            drop_schemas(rt.dbs.source, schemas)
+    finally:
+        rt.close()
+        if settings.uses_embedded:
+            stop_embedded(settings.embedded_pgdata)
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)

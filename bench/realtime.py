@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -57,7 +56,7 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
-from bench.common import create_schemas, database_url, drop_schemas, make_settings, stop_embedded  # noqa: E402
+from bench.common import clean_up, create_schemas, database_url, make_settings  # noqa: E402
 from config import redact_url  # noqa: E402
 from cutoff_store import CutoffStore  # noqa: E402
 from database import qi, qualified  # noqa: E402
@@ -671,17 +670,7 @@ def run(args: argparse.Namespace) -> Report:
                                          args.drain_seconds)
         return report
     finally:
-        try:
-            if args.keep:
-                log.info("kept schemas %s and state %s", ", ".join(schemas), tmp)
-            else:
-                drop_schemas(rt.dbs.source, schemas)
-        finally:
-            rt.close()
-            if settings.uses_embedded:
-                stop_embedded(settings.embedded_pgdata)
-            if not args.keep:
-                shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(rt, settings, schemas, tmp, args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,6 @@ import logging
 import os
 import platform
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ from psycopg2 import errors as pg_errors  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from bench.common import create_schemas, database_url, drop_schemas, make_settings, stop_embedded  # noqa: E402
+from bench.common import clean_up, create_schemas, database_url, make_settings  # noqa: E402
 from chunk_ledger import LEDGER  # noqa: E402
 from config import redact_url  # noqa: E402
 from data_migrator import BackfillOptions, run_backfill  # noqa: E402
@@ -568,17 +567,7 @@ def run(args: argparse.Namespace) -> Report:
             report.measures.append(measure)
         return report
     finally:
-        try:
-            if args.keep:
-                log.info("kept schemas %s and state %s", ", ".join(schemas), tmp)
-            else:
-                drop_schemas(rt.dbs.source, schemas)
-        finally:
-            rt.close()
-            if settings.uses_embedded:
-                stop_embedded(settings.embedded_pgdata)
-            if not args.keep:
-                shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(rt, settings, schemas, tmp, args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -313,9 +313,7 @@ def test_the_join_read_for_colliding_channel_hashes_gives_the_same_cells(runtime
     """Should two channel ids share a 64-bit hash, the read joins on the ids instead; the cells are the same."""
     seed = prepared(ships=1, channels=8, offline_hours=0)
     ship = seed.ship_ids[0]
-    cache = ShipPlanCache(runtime)
-    with runtime.dbs.target.connect() as conn:
-        plan = cache.get(conn, ship)
+    plan = _plan(runtime, ship)
     plan.hash_lookup, plan.hashes_known = None, True  # what hash_lookup leaves after a collision
     with runtime.dbs.source.connect() as sconn, runtime.dbs.target.connect() as tconn, tconn.begin():
         result = migrate_window(runtime, sconn, tconn, plan, seed.start, seed.end)
@@ -328,9 +326,7 @@ def test_a_channel_unknown_to_the_plan_stops_the_window_and_is_named(runtime, pr
     """Rows of a channel that appeared after the plan was made are never written to a wrong column."""
     seed = prepared(ships=1, channels=6, offline_hours=0)
     ship = seed.ship_ids[0]
-    cache = ShipPlanCache(runtime)
-    with runtime.dbs.target.connect() as conn:
-        plan = cache.get(conn, ship)
+    plan = _plan(runtime, ship)
     with runtime.dbs.source.begin() as conn:
         conn.execute(text(f"INSERT INTO {runtime.source.sql} (ship_id, data_channel_id, created_time, double_v, "
                           "value_format) VALUES (:s, 'late/arrival', '2024-10-01 20:00:00', 1.5, 'Decimal')"),
@@ -339,3 +335,9 @@ def test_a_channel_unknown_to_the_plan_stops_the_window_and_is_named(runtime, pr
         with pytest.raises(UnknownChannels) as caught:
             migrate_window(runtime, sconn, tconn, plan, seed.start, seed.end)
     assert caught.value.channels == ["late/arrival"]
+
+
+def _plan(runtime, ship: str):
+    """The ship's pivot plan, as the migrator builds it."""
+    with runtime.dbs.target.connect() as conn:
+        return ShipPlanCache(runtime).get(conn, ship)

@@ -292,16 +292,10 @@ def test_worker_processes_stop_when_their_parent_is_killed_and_a_rerun_is_exact(
     seed = prepared(ships=2, channels=8, days=0.5)
     slow_down_writes(runtime, 0.3, seed.ship_ids)
     parent = procs.start(*migrate_args("--workers", "2", chunk_hours=1))
-    deadline = time.monotonic() + 60
-    while len(workers := _children(parent.pid)) < 2 or not any_chunk_done(runtime):
-        assert time.monotonic() < deadline and parent.poll() is None, "the workers never got going"
-        time.sleep(0.1)
+    workers = _children_at_work(parent, runtime, "the workers never got going")
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 30
-    while alive := {w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)}:
-        assert time.monotonic() < deadline, f"worker(s) {alive} still running 30 s after their parent died"
-        time.sleep(0.2)
+    _wait_gone(workers, "worker")
     rows = ledger_rows(runtime)
     # orphaned workers would have gone on to drain the ledger; stopped ones leave most chunks pending
     assert {r.status for r in rows} != {"done"}, "the workers went on after their parent died"
@@ -317,10 +311,7 @@ def test_a_killed_reader_process_fails_its_chunk_once_and_a_killed_backfill_leav
     seed = prepared(ships=1, channels=12, days=0.5)
     slow_down_writes(runtime, 0.2, seed.ship_ids)
     proc = procs.start(*migrate_args(chunk_hours=1))
-    deadline = time.monotonic() + 60
-    while len(readers := _children(proc.pid)) < 2 or not any_chunk_done(runtime):
-        assert time.monotonic() < deadline and proc.poll() is None, "the backfill never got going"
-        time.sleep(0.05)
+    readers = _children_at_work(proc, runtime, "the backfill never got going")
     os.kill(min(readers), signal.SIGKILL)
     deadline = time.monotonic() + 30
     while (now := _children(proc.pid)) == readers or len(now) < 2:  # a new reader replaces the killed one
@@ -336,15 +327,26 @@ def test_a_killed_reader_process_fails_its_chunk_once_and_a_killed_backfill_leav
         conn.execute(text(f"UPDATE {qualified(runtime.settings.target_schema, 'migrator_chunks')} "
                           "SET status = 'pending'"))
     proc = procs.start(*migrate_args(chunk_hours=1))
-    deadline = time.monotonic() + 60
-    while len(readers := _children(proc.pid)) < 2:
-        assert time.monotonic() < deadline and proc.poll() is None, "the readers never started"
-        time.sleep(0.05)
+    readers = _children_at_work(proc, None, "the readers never started")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    _wait_gone(readers, "reader")
+
+
+def _children_at_work(proc: subprocess.Popen, runtime, what: str) -> set[int]:
+    """The (at least two) child processes of ``proc`` once they exist and, given ``runtime``, a chunk is done."""
+    deadline = time.monotonic() + 60
+    while len(found := _children(proc.pid)) < 2 or (runtime is not None and not any_chunk_done(runtime)):
+        assert time.monotonic() < deadline and proc.poll() is None, what
+        time.sleep(0.05)
+    return found
+
+
+def _wait_gone(pids: set[int], what: str) -> None:
+    """Wait until every process in ``pids`` has exited (30 s at most) after its parent was killed."""
     deadline = time.monotonic() + 30
-    while alive := {r for r in readers if Path(f"/proc/{r}").exists() and "Z" not in _state(r)}:
-        assert time.monotonic() < deadline, f"reader(s) {alive} still running 30 s after the backfill died"
+    while alive := {p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)}:
+        assert time.monotonic() < deadline, f"{what}(s) {alive} still running 30 s after their parent died"
         time.sleep(0.2)
 
 
@@ -551,7 +553,7 @@ def test_import_does_no_io_and_the_api_fails_clearly_without_a_database(tmp_path
 # 8. the database is down at start
 
 
-@pytest.mark.parametrize("mode", ["migration-only", "status"])
+@pytest.mark.parametrize("mode", ["migration-only", "status", "realtime", "concurrent"])
 @pytest.mark.parametrize("down", ["refused", "no_database"])
 def test_a_database_down_at_start_is_one_line_and_exit_1(tmp_path, pg_url, mode, down):
     if down == "refused":
@@ -561,7 +563,8 @@ def test_a_database_down_at_start_is_one_line_and_exit_1(tmp_path, pg_url, mode,
             hide_password=False)
     env = clean_environ()
     env.update({"DATABASE_URL": url, "STATE_DIR": str(tmp_path / "state")})
-    args = ["--mode", mode] + (["--cutoff-time", CUTOFF] if mode == "migration-only" else [])
+    args = ["--mode", mode] + {"migration-only": ["--cutoff-time", CUTOFF], "concurrent": ["--run-for", "5"]}.get(
+        mode, [])
     out = subprocess.run([sys.executable, MAIN, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 1, out.stdout + out.stderr
