@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from database import qualified
+from lock_keys import chunk_key
 
 LEDGER = "migrator_chunks"
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
@@ -172,7 +173,7 @@ class ChunkLedger:
         return None
 
     def _lock_key(self, chunk_id: int) -> str:
-        return f"migrator-chunk:{self.schema}:{chunk_id}"
+        return chunk_key(self.schema, chunk_id)
 
     def release(self, conn: Connection, chunk_id: int) -> None:
         """Give up the advisory lock of a chunk."""

@@ -124,6 +124,39 @@ class CutoffStore:
             log.info("ship %s: cutoff stored: %s", ship_id, default.isoformat())
             return default, True
 
+    def ensure_cutoffs(self, ship_ids: list[str], default: datetime) -> dict[str, datetime]:
+        """:meth:`ensure_cutoff` for many ships under one lock and one write; returns every ship's cutoff."""
+        with self._locked(exclusive=True):
+            ships = self._read()
+            added = [s for s in ship_ids if ships.get(s, ShipState()).cutoff is None]
+            for ship_id in added:
+                ships[ship_id] = replace(ships.get(ship_id, ShipState()), cutoff=default)
+            if added:
+                self._write(ships)
+                log.info("cutoff %s stored for %d ship(s): %s", default.isoformat(), len(added),
+                         ", ".join(added[:5]) + (" ..." if len(added) > 5 else ""))
+            return {s: ships[s].cutoff for s in ship_ids}  # type: ignore[misc]
+
+    def advance(self, field: str, values: dict[str, datetime]) -> dict[str, ShipState]:
+        """Advance ``field`` (watermark, stream_cursor or insert_cursor) of many ships in one write.
+
+        A value older than the stored one is ignored, as in :meth:`set_watermark`. A realtime cycle
+        over a fleet writes the file once, not once per ship.
+        """
+        if field not in _FIELDS or field == "cutoff":
+            raise ValueError(f"not an advancing field: {field!r}")
+        with self._locked(exclusive=True):
+            ships = self._read()
+            changed = False
+            for ship_id, value in values.items():
+                current = ships.get(ship_id, ShipState())
+                if self._newer(ship_id, field, getattr(current, field), value):
+                    ships[ship_id] = replace(current, **{field: value})
+                    changed = True
+            if changed:
+                self._write(ships)
+            return {s: ships[s] for s in values if s in ships}
+
     def set_watermark(self, ship_id: str, watermark: datetime) -> ShipState:
         """Advance the realtime watermark of a ship; an older value than the stored one is ignored."""
         return self._advance(ship_id, "watermark", watermark)
@@ -161,30 +194,24 @@ class CutoffStore:
     # -------------------------------------------------------------- internals
 
     def _advance(self, ship_id: str, field: str, value: datetime) -> ShipState:
-        with self._locked(exclusive=True):
-            ships = self._read()
-            current = ships.get(ship_id, ShipState())
-            stored: datetime | None = getattr(current, field)
-            if stored is not None:
-                try:
-                    backwards = value <= stored
-                except TypeError as exc:  # naive vs aware
-                    raise StateError(
-                        f"ship {ship_id}: cannot compare the new {field} {value.isoformat()} with the stored "
-                        f"{stored.isoformat()} in {self._path} (one has a time zone, the other not); "
-                        f"use one convention for all times of a ship"
-                    ) from exc
-                if backwards:
-                    if value < stored:
-                        log.debug(
-                            "ship %s: %s %s is older than the stored %s; keeping the stored one",
-                            ship_id, field, value.isoformat(), stored.isoformat(),
-                        )
-                    return current
-            new = replace(current, **{field: value})
-            ships[ship_id] = new
-            self._write(ships)
-            return new
+        return self.advance(field, {ship_id: value})[ship_id]
+
+    def _newer(self, ship_id: str, field: str, stored: datetime | None, value: datetime) -> bool:
+        """True when ``value`` moves ``field`` forward (a time zone mix-up raises StateError)."""
+        if stored is None:
+            return True
+        try:
+            backwards = value <= stored
+        except TypeError as exc:  # naive vs aware
+            raise StateError(
+                f"ship {ship_id}: cannot compare the new {field} {value.isoformat()} with the stored "
+                f"{stored.isoformat()} in {self._path} (one has a time zone, the other not); "
+                f"use one convention for all times of a ship"
+            ) from exc
+        if backwards and value < stored:
+            log.debug("ship %s: %s %s is older than the stored %s; keeping the stored one",
+                      ship_id, field, value.isoformat(), stored.isoformat())
+        return not backwards
 
     @contextmanager
     def _locked(self, exclusive: bool) -> Iterator[None]:

@@ -185,15 +185,26 @@ def _error_text(exc: BaseException) -> str:
 
 def process_chunk(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: ShipPlanCache, chunk: Chunk,
                   time_type: str, readers: Sequence[CopyReaderProcess] = ()) -> int:
-    """Migrate one claimed chunk; its data and its ledger row commit together. Returns rows read."""
-    plan = cache.ensure_channels(chunk.ship_id, time_type)
-    with rt.dbs.source.connect() as sconn:
-        sconn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-        with conn.begin():
-            result = migrate_window(rt, sconn, conn, plan, chunk.start, chunk.end, direct=True,
-                                    readers=readers)
-            ledger.mark_done(conn, chunk, result.rows_read, result.cells_written, result.wide_rows,
-                             result.rejected, result.tables)
+    """Migrate one claimed chunk; its data and its ledger row commit together. Returns rows read.
+
+    A channel without a column in the chunk's window gets one, and the chunk is read again.
+    """
+    for attempt in (1, 2):
+        plan = cache.cached(chunk.ship_id) if attempt == 1 else cache.ensure_channels(chunk.ship_id, time_type)
+        try:
+            with rt.dbs.source.connect() as sconn:
+                sconn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+                with conn.begin():
+                    result = migrate_window(rt, sconn, conn, plan, chunk.start, chunk.end, direct=True,
+                                            readers=readers)
+                    ledger.mark_done(conn, chunk, result.rows_read, result.cells_written, result.wide_rows,
+                                     result.rejected, result.tables)
+            break
+        except UnknownChannels as exc:
+            if attempt == 2:
+                raise
+            log.info("ship %s: %d new channel(s) (%s); adding columns", chunk.ship_id, len(exc.channels),
+                     ", ".join(exc.channels[:5]))
     log.debug("chunk %s %s..%s: %d rows in %.2f s (read %.2f, pivot %.2f, write %.2f)", chunk.ship_id,
               chunk.start, chunk.end, result.rows_read,
               result.read_seconds + result.pivot_seconds + result.write_seconds,

@@ -192,6 +192,21 @@ class SourceTable:
         ).scalars()
         return list(rows)
 
+    def channels_with_rows(self, conn: Connection, ship_id: str, channels: list[str], start: datetime,
+                           end: datetime) -> list[str]:
+        """Those of ``channels`` with a row of ``ship_id`` in ``[start, end)``: one primary-key probe each."""
+        if not channels:
+            return []
+        return list(conn.execute(
+            text(
+                f"""SELECT c.ch FROM unnest(CAST(:chs AS text[])) AS c(ch)
+                WHERE EXISTS (SELECT FROM {self.sql} s WHERE s.ship_id = :ship AND s.data_channel_id = c.ch
+                              AND s.created_time >= :a AND s.created_time < :b)
+                ORDER BY 1"""
+            ),
+            {"ship": ship_id, "chs": channels, "a": start, "b": end},
+        ).scalars())
+
     def channel_bounds(self, conn: Connection, ship_id: str, channels: list[str]) -> dict[str, tuple]:
         """Per channel: (first time, first format, last time, last format), by two index probes each."""
         rows = conn.execute(
@@ -234,16 +249,19 @@ class SourceTable:
         ).scalar_one()
 
     def format_counts(
-        self, conn: Connection, ship_id: str, since: datetime | None = None
+        self, conn: Connection, ship_id: str, since: datetime | None = None, channels: list[str] | None = None
     ) -> dict[str, dict[str | None, int]]:
-        """Per channel, rows per value_format: the whole ship, or only rows at or after ``since``."""
-        where = "ship_id = :ship" + (" AND created_time >= :since" if since is not None else "")
+        """Per channel, rows per value_format: the whole ship, or only rows of ``channels`` at or after ``since``."""
+        # the channel list makes the primary key serve the sampled window (one range per channel);
+        # without it the planner may take the created_time index and read every ship's rows of it
+        where = "ship_id = :ship" + (
+            " AND data_channel_id = ANY(CAST(:chs AS text[])) AND created_time >= :since" if since is not None else "")
         rows = conn.execute(
             text(
                 f"SELECT data_channel_id, value_format, count(*) FROM {self.sql} "
                 f"WHERE {where} GROUP BY 1, 2"
             ),
-            {"ship": ship_id, "since": since},
+            {"ship": ship_id, "since": since, "chs": channels},
         ).all()
         out: dict[str, dict[str | None, int]] = {}
         for channel, fmt, n in rows:

@@ -65,6 +65,16 @@ HASH_ROW_DTYPE = np.dtype([
     ("l_d", ">i4"), ("d", ">f8"),
     ("l_l", ">i4"), ("l", ">i8"),
 ])
+# the fleet read (every ship of a realtime cycle in one COPY): the ship's hash before the channel's
+FLEET_ROW_DTYPE = np.dtype([
+    ("nf", ">i2"),
+    ("l_ts", ">i4"), ("ts", ">i8"),
+    ("l_ship", ">i4"), ("ship", ">i8"),
+    ("l_hash", ">i4"), ("hash", ">i8"),
+    ("l_code", ">i4"), ("code", ">i2"),
+    ("l_d", ">i4"), ("d", ">f8"),
+    ("l_l", ">i4"), ("l", ">i8"),
+])
 _NULL_D, _NULL_L, _NULL_B = 1, 2, 4
 
 _FMT_SQL = ("CASE s.value_format WHEN 'Decimal' THEN 1 WHEN 'Integer' THEN 2 WHEN 'Boolean' THEN 3 "
@@ -127,6 +137,11 @@ class PivotPlan:
         """Indexes of the channels whose column is text."""
         return [int(i) for i in np.flatnonzero(self.kind == KIND_TEXT)]
 
+    @property
+    def numeric_channels(self) -> list[str]:
+        """Ids of the channels whose column is not text (they come from the fixed-width numeric read)."""
+        return [self.channels[int(i)] for i in np.flatnonzero(self.kind != KIND_TEXT)]
+
 
 @dataclass
 class NarrowBatch:
@@ -151,11 +166,11 @@ class NarrowBatch:
         return int(self.ts.size + self.text_ts.size)
 
 
-def _decode_rows(data: memoryview, row_dtype: np.dtype, key: str) -> tuple[dict[str, np.ndarray], int]:
-    """Decode a binary COPY of fixed-width numeric rows (``key`` is the channel field); returns (fields, bytes)."""
+def _decode_rows(data: memoryview, row_dtype: np.dtype, *keys: str) -> tuple[dict[str, np.ndarray], int]:
+    """Decode a binary COPY of fixed-width numeric rows (``keys``: channel, ship fields); returns (fields, bytes)."""
     size = len(data)
     if size == 0:
-        return _empty_fields(key), 0
+        return _empty_fields(*keys), 0
     head = bytes(data[:19])
     if len(head) < 19 or head[:11] != _SIGNATURE:
         raise ValueError("not a PostgreSQL binary COPY stream")
@@ -168,7 +183,7 @@ def _decode_rows(data: memoryview, row_dtype: np.dtype, key: str) -> tuple[dict[
     code = rows["code"]
     out = {
         "ts": rows["ts"].astype(np.int64),
-        key: rows[key].astype(_FIELD_TYPES[key]),
+        **{key: rows[key].astype(_FIELD_TYPES[key]) for key in keys},
         "fmt": (code & 7).astype(np.int8),
         "nulls": ((code >> 3) & 7).astype(np.int8),
         "b": ((code >> 6) & 1).astype(bool),
@@ -179,29 +194,29 @@ def _decode_rows(data: memoryview, row_dtype: np.dtype, key: str) -> tuple[dict[
     return out, size
 
 
-_FIELD_TYPES = {"ts": np.int64, "idx": np.int32, "hash": np.int64, "fmt": np.int8, "d": np.float64, "l": np.int64,
-                "b": bool, "nulls": np.int8}
+_FIELD_TYPES = {"ts": np.int64, "idx": np.int32, "hash": np.int64, "ship": np.int64, "fmt": np.int8,
+                "d": np.float64, "l": np.int64, "b": bool, "nulls": np.int8}
 
 
-def _empty_fields(key: str = "idx") -> dict[str, np.ndarray]:
-    return {k: np.empty(0, dtype=_FIELD_TYPES[k]) for k in ("ts", key, "fmt", "d", "l", "b", "nulls")}
+def _empty_fields(*keys: str) -> dict[str, np.ndarray]:
+    return {k: np.empty(0, dtype=_FIELD_TYPES[k]) for k in ("ts", *keys, "fmt", "d", "l", "b", "nulls")}
 
 
 def _copy_sql(cur, query: str, params: dict) -> str:
     return "COPY (" + cur.mogrify(query, params).decode() + ") TO STDOUT (FORMAT binary)"
 
 
-def _copy_out(cursor, query: str, params: dict, row_dtype: np.dtype, key: str,
+def _copy_out(cursor, query: str, params: dict, row_dtype: np.dtype, keys: tuple[str, ...],
               copy_out: Callable[[str], memoryview] | None = None) -> tuple[dict[str, np.ndarray], int]:
     """Run the COPY into memory (``BytesIO.write`` is C: no Python frame per row) and decode it."""
     if copy_out is not None:
-        return _decode_rows(copy_out(_copy_sql(cursor, query, params)), row_dtype, key)
+        return _decode_rows(copy_out(_copy_sql(cursor, query, params)), row_dtype, *keys)
     buf = io.BytesIO()
     try:
         cursor.copy_expert(_copy_sql(cursor, query, params), buf)
         view = buf.getbuffer()
         try:
-            return _decode_rows(view, row_dtype, key)
+            return _decode_rows(view, row_dtype, *keys)
         finally:
             view.release()
     finally:
@@ -235,94 +250,164 @@ def _map_hashes(row_hash: np.ndarray, lookup: tuple[np.ndarray, np.ndarray]) -> 
 
 def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: datetime,
                 order_by: str | None = None, copy_out: Callable[[str], memoryview] | None = None) -> NarrowBatch:
-    """COPY the rows of ``plan.ship_id`` with ``start <= created_time < end`` out of the source.
+    """COPY the rows of ``plan``'s channels of ``plan.ship_id`` with ``start <= created_time < end`` out of the source.
 
     ``cursor`` is a psycopg2 cursor on the source; ``source_sql`` the quoted table name.
     Values are bound by the driver; identifiers were quoted by the caller. ``copy_out``, when
     given, runs the big numeric COPY elsewhere (:mod:`copy_reader`) and returns its bytes.
+
+    The channel list is part of the condition, so the primary key (ship, channel, time) serves the
+    read with one index range per channel: only this ship's rows of this window are touched,
+    whatever else the table holds (other ships, years of history). Rows of channels the plan does
+    not know are not read here; the caller probes for them (:func:`window_migrator.unknown_channels_in`).
 
     The server sends each row's channel as its 64-bit ``hashtextextended`` and the client maps the
     hash to the channel index (a sorted-array search): this costs the server a fifth less than
     joining every row against the channel list. When two of the plan's channels share a hash
     (never seen; 2^-64 per pair), the read falls back to that join.
     """
-    text_set = set(plan.text_indexes)
-    params = {"ship": plan.ship_id, "start": start, "end": end}
+    params = {"ship": plan.ship_id, "start": start, "end": end, "chs": plan.numeric_channels}
     order_sql = f" ORDER BY {order_by}" if order_by else ""  # only for sources without a unique key
     lookup = hash_lookup(cursor, plan)
-    if lookup is not None:
+    where = """WHERE s.ship_id = %(ship)s AND s.data_channel_id = ANY(%(chs)s::text[])
+              AND s.created_time >= %(start)s AND s.created_time < %(end)s"""
+    if not params["chs"]:
+        fields, size = _empty_fields("idx"), 0
+    elif lookup is not None:
         numeric = f"""SELECT s.created_time, hashtextextended(s.data_channel_id, 0), {_CODE_SQL},
                 coalesce(s.double_v, 0), coalesce(s.long_v, 0)
-            FROM {source_sql} s
-            WHERE s.ship_id = %(ship)s AND s.created_time >= %(start)s AND s.created_time < %(end)s""" + order_sql
-        fields, size = _copy_out(cursor, numeric, params, HASH_ROW_DTYPE, "hash", copy_out)
-        idx = _map_hashes(fields.pop("hash"), lookup)
-        if text_set:  # text channels' rows come from their own query below
-            keep = (idx < 0) | (plan.kind[np.maximum(idx, 0)] != KIND_TEXT)
-            if not keep.all():
-                fields = {k: v[keep] for k, v in fields.items()}
-                idx = idx[keep]
-        fields["idx"] = idx
+            FROM {source_sql} s {where}""" + order_sql
+        fields, size = _copy_out(cursor, numeric, params, HASH_ROW_DTYPE, ("hash",), copy_out)
+        fields["idx"] = _map_hashes(fields.pop("hash"), lookup)
     else:
-        # DISTINCT ON tells the planner the channel ids are unique, so it hashes the channels and
-        # streams the source past them; without it, it hashed the source side (millions of rows, spilling).
-        numeric = f"""SELECT s.created_time, coalesce(m.i, -1), {_CODE_SQL},
-                coalesce(s.double_v, 0), coalesce(s.long_v, 0)
+        numeric = f"""SELECT s.created_time, m.i, {_CODE_SQL}, coalesce(s.double_v, 0), coalesce(s.long_v, 0)
             FROM {source_sql} s
-            LEFT JOIN (SELECT DISTINCT ON (ch) ch, i, t
-                       FROM unnest(%(chs)s::text[], %(idx)s::int4[], %(txt)s::bool[]) AS u(ch, i, t)) m
-                ON m.ch = s.data_channel_id
-            WHERE s.ship_id = %(ship)s AND s.created_time >= %(start)s AND s.created_time < %(end)s
-              AND m.t IS NOT TRUE""" + order_sql
-        join = dict(params, chs=list(plan.channels), idx=list(range(len(plan.channels))),
-                    txt=[i in text_set for i in range(len(plan.channels))])
-        fields, size = _copy_out(cursor, numeric, join, ROW_DTYPE, "idx", copy_out)
+            JOIN unnest(%(all)s::text[], %(idx)s::int4[]) AS m(ch, i) ON m.ch = s.data_channel_id
+            {where}""" + order_sql
+        join = dict(params, all=list(plan.channels), idx=list(range(len(plan.channels))))
+        fields, size = _copy_out(cursor, numeric, join, ROW_DTYPE, ("idx",), copy_out)
     batch = NarrowBatch(**fields, bytes_read=size)
-    if text_set:
-        _read_text_rows(cursor, source_sql, plan, dict(params, order_by=order_by), batch, copy_out)
+    if plan.text_indexes:
+        text_rows = _read_text_rows(cursor, source_sql, [plan], start, end, order_by, copy_out)
+        _attach_text(batch, text_rows, np.ones(text_rows[0].size, dtype=bool))
     return batch
 
 
-def _read_text_rows(cursor, source_sql: str, plan: PivotPlan, params: dict, batch: NarrowBatch,
-                    copy_out: Callable[[str], memoryview] | None = None) -> None:
-    """Rows of text-column channels: their value rendered as text by the server."""
-    text_idx = plan.text_indexes
-    query = f"""SELECT s.created_time, m.i, ({_FMT_SQL})::int2,
+def _ship_hashes(cursor, ship_ids: list[str]) -> np.ndarray:
+    cursor.execute("SELECT hashtextextended(c, 0) FROM unnest(%s::text[]) WITH ORDINALITY AS u(c, n) ORDER BY n",
+                   (ship_ids,))
+    return np.array([r[0] for r in cursor.fetchall()], dtype=np.int64)
+
+
+def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: datetime, end: datetime,
+                      order_by: str | None = None) -> dict[str, NarrowBatch] | None:
+    """Every row of the ships of ``plans`` with ``start <= created_time < end``, in one COPY, split per ship.
+
+    For realtime: a cycle's window is minutes long and covers every ship, so one read by the
+    ``created_time`` index serves the whole fleet and touches each heap page once, instead of one
+    read (and one round of statements) per ship. Rows of ships outside ``plans`` are filtered by the
+    server; when ``plans`` is a small part of the fleet, per-ship reads (:func:`read_window`) cost less.
+    Rows of a channel a plan does not know keep index -1 (the caller adds columns and reads again).
+    None when two ship ids, or two channels of one ship, share a hash (then read ship by ship).
+    """
+    ship_ids = [p.ship_id for p in plans]
+    ship_hash = _ship_hashes(cursor, ship_ids)
+    lookups = [hash_lookup(cursor, p) for p in plans]
+    if np.unique(ship_hash).size != ship_hash.size or any(lk is None for lk in lookups):
+        return None
+    params = {"ships": ship_ids, "start": start, "end": end}
+    query = f"""SELECT s.created_time, hashtextextended(s.ship_id, 0), hashtextextended(s.data_channel_id, 0),
+            {_CODE_SQL}, coalesce(s.double_v, 0), coalesce(s.long_v, 0)
+        FROM {source_sql} s
+        WHERE s.created_time >= %(start)s AND s.created_time < %(end)s AND s.ship_id = ANY(%(ships)s::text[])""" + (
+        f" ORDER BY {order_by}" if order_by else "")
+    fields, size = _copy_out(cursor, query, params, FLEET_ROW_DTYPE, ("ship", "hash"))
+    ship_order = np.argsort(ship_hash)
+    pos = ship_order[np.searchsorted(ship_hash[ship_order], fields.pop("ship"))]
+    rows_of = np.argsort(pos, kind="stable")  # stable: a ship's rows keep the read order (duplicates)
+    bounds = np.searchsorted(pos[rows_of], np.arange(len(plans) + 1))
+    text_rows = _read_text_rows(cursor, source_sql, plans, start, end, order_by)
+    batches: dict[str, NarrowBatch] = {}
+    for k, plan in enumerate(plans):
+        take = rows_of[bounds[k]:bounds[k + 1]]
+        ship_fields = {name: values[take] for name, values in fields.items()}
+        idx = _map_hashes(ship_fields.pop("hash"), lookups[k])  # type: ignore[arg-type]
+        numeric = (idx < 0) | (plan.kind[np.maximum(idx, 0)] != KIND_TEXT)  # text channels: from their own read
+        batch = NarrowBatch(**{name: v[numeric] for name, v in ship_fields.items()}, idx=idx[numeric],
+                            bytes_read=size * take.size // max(pos.size, 1))
+        _attach_text(batch, text_rows, text_rows[1] == k)
+        batches[plan.ship_id] = batch
+    return batches
+
+
+def _read_text_rows(cursor, source_sql: str, plans: list[PivotPlan], start: datetime, end: datetime,
+                    order_by: str | None = None, copy_out: Callable[[str], memoryview] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[bytes | None], int]:
+    """Rows of text-column channels of ``plans``, their value rendered as text by the server.
+
+    One primary-key range per (ship, text channel); returns (times, plan positions, channel indexes,
+    formats, values, bytes read).
+    """
+    pairs = [(p_i, plan.ship_id, plan.channels[i], i) for p_i, plan in enumerate(plans) for i in plan.text_indexes]
+    query = f"""SELECT s.created_time, m.p, m.i, ({_FMT_SQL})::int2,
             CASE s.value_format WHEN 'String' THEN s.str_v WHEN 'Decimal' THEN s.double_v::text
                  WHEN 'Integer' THEN s.long_v::text WHEN 'Boolean' THEN s.bool_v::text END
-        FROM unnest(%(tchs)s::text[], %(tidx)s::int4[]) AS m(ch, i)
-        JOIN {source_sql} s ON s.ship_id = %(ship)s AND s.data_channel_id = m.ch
+        FROM unnest(%(tships)s::text[], %(tchs)s::text[], %(tpos)s::int4[], %(tidx)s::int4[]) AS m(ship, ch, p, i)
+        JOIN {source_sql} s ON s.ship_id = m.ship AND s.data_channel_id = m.ch
         WHERE s.created_time >= %(start)s AND s.created_time < %(end)s""" + (
-        f" ORDER BY {params['order_by']}" if params.get("order_by") else "")
-    p = dict(params, tchs=[plan.channels[i] for i in text_idx], tidx=text_idx)
-    if copy_out is not None:
-        data = bytes(copy_out(_copy_sql(cursor, query, p)))
+        f" ORDER BY m.p, {order_by}" if order_by else "")
+    params = {"start": start, "end": end, "tships": [x[1] for x in pairs], "tchs": [x[2] for x in pairs],
+              "tpos": [x[0] for x in pairs], "tidx": [x[3] for x in pairs]}
+    if not pairs:
+        data = b""
+    elif copy_out is not None:
+        data = bytes(copy_out(_copy_sql(cursor, query, params)))
     else:
         buf = _CollectingSink()
-        cursor.copy_expert(_copy_sql(cursor, query, p), buf)
+        cursor.copy_expert(_copy_sql(cursor, query, params), buf)
         data = buf.getvalue()
-    ts, idx, fmt, vals = [], [], [], []
+    ts, plan_pos, idx, fmt, vals = _parse_text_rows(data)
+    return (np.array(ts, dtype=np.int64), np.array(plan_pos, dtype=np.int32), np.array(idx, dtype=np.int32),
+            np.array(fmt, dtype=np.int8), vals, len(data))
+
+
+def _parse_text_rows(data: bytes) -> tuple[list[int], list[int], list[int], list[int], list[bytes | None]]:
+    """The rows of the text read's binary COPY (few: a loop per row is fine here)."""
+    ts: list[int] = []
+    plan_pos: list[int] = []
+    idx: list[int] = []
+    fmt: list[int] = []
+    vals: list[bytes | None] = []
+    if not data:
+        return ts, plan_pos, idx, fmt, vals
     pos = 19 + struct.unpack(">i", data[15:19])[0]
-    unpack_row = struct.Struct(">hi q i i i h i").unpack_from
+    unpack_row = struct.Struct(">hi q i i i i i h i").unpack_from
     while True:
         (nf,) = struct.unpack_from(">h", data, pos)
         if nf == -1:
             break
-        _, _, t, _, i, _, f, ln = unpack_row(data, pos)
-        pos += 32
+        _, _, t, _, p, _, i, _, f, ln = unpack_row(data, pos)
+        pos += 40
         if ln < 0:
             vals.append(None)
         else:
             vals.append(bytes(data[pos:pos + ln]))
             pos += ln
         ts.append(t)
+        plan_pos.append(p)
         idx.append(i)
         fmt.append(f)
-    batch.text_ts = np.array(ts, dtype=np.int64)
-    batch.text_idx = np.array(idx, dtype=np.int32)
-    batch.text_fmt = np.array(fmt, dtype=np.int8)
-    batch.text_values = vals
-    batch.bytes_read += len(data)
+    return ts, plan_pos, idx, fmt, vals
+
+
+def _attach_text(batch: NarrowBatch, text_rows: tuple, mine: np.ndarray) -> None:
+    """Give ``batch`` the text rows selected by ``mine``."""
+    ts, _, idx, fmt, vals, size = text_rows
+    batch.text_ts = ts[mine]
+    batch.text_idx = idx[mine]
+    batch.text_fmt = fmt[mine]
+    batch.text_values = [v for v, m in zip(vals, mine, strict=True) if m]
+    batch.bytes_read += size * int(mine.sum()) // max(ts.size, 1)
 
 
 class _CollectingSink:

@@ -26,12 +26,14 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from cutoff_store import CutoffStore
-from data_migrator import database_now, newest_wide_time, resolve_ships
+from data_migrator import database_now, resolve_ships
+from database import qualified, raw_cursor
 from errors import LockHeld, MigratorError
-from pivot import PivotPlan
+from lock_keys import realtime_key, take_write_locks
+from pivot import PivotPlan, read_fleet_window
 from runtime import Runtime
 from stopping import stop_on_signals
-from window_migrator import ShipPlanCache, UnknownChannels, WindowResult, migrate_window
+from window_migrator import ShipPlanCache, UnknownChannels, WindowResult, merge_fleet, migrate_window
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +118,6 @@ class RealtimeResult:
 # one realtime process per ship
 
 
-def _lock_key(schema: str, ship_id: str) -> str:
-    return f"migrator-realtime:{schema}:{ship_id}"
-
-
 class ShipLocks:
     """Session advisory locks, one per ship, held on one dedicated connection while the processor runs."""
 
@@ -136,7 +134,7 @@ class ShipLocks:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         try:
             for ship in self.ship_ids:
-                key = _lock_key(self.schema, ship)
+                key = realtime_key(self.schema, ship)
                 if conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"),
                                 {"k": key}).scalar_one():
                     continue
@@ -210,8 +208,7 @@ def write_window(rt: Runtime, cache: ShipPlanCache, ship_id: str, start: datetim
                 sconn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
                 with rt.dbs.target.begin() as tconn:
                     plan: PivotPlan = cache.get(tconn, ship_id)
-                    tconn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                                  {"k": f"migrator-write:{rt.settings.target_schema}:{ship_id}"})
+                    take_write_locks(tconn, rt.settings.target_schema, [ship_id])
                     return migrate_window(rt, sconn, tconn, plan, start, end)
         except UnknownChannels as exc:
             if attempt == 2:
@@ -232,67 +229,236 @@ def _pieces(start: datetime, end: datetime, hours: int) -> list[tuple[datetime, 
     return out
 
 
-def sync_ship(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: SourceClock, ship_id: str,
-              opts: RealtimeOptions) -> ShipCycle:
-    """One realtime cycle for one ship; the watermark moves only after its data is committed."""
+@dataclass
+class _ShipWork:
+    """One ship's part of a cycle while it runs."""
+
+    ship_id: str
+    base: datetime  # the stored watermark, else the cutoff
+    start: datetime
+    rows: int = 0
+    cells: int = 0
+    rejected: int = 0
+    late_hours: int = 0
+    done: bool = False
+    error: str | None = None
+
+    def add(self, result: WindowResult) -> None:
+        """Count a written window."""
+        self.rows += result.rows_read
+        self.cells += result.cells_written
+        self.rejected += result.rejected
+
+
+def ahead_rows(conn: Connection, rt: Runtime, ships: list[str], limit: datetime) -> dict[str, tuple[int, datetime]]:
+    """Per ship, rows with a created_time at or beyond ``limit`` (and the newest): one query for the fleet."""
+    return {r[0]: (int(r[1]), r[2]) for r in conn.execute(text(
+        f"""SELECT ship_id, count(*), max(created_time) FROM {rt.source.sql}
+            WHERE created_time >= :lim AND ship_id = ANY(CAST(:s AS text[])) GROUP BY 1"""),
+        {"lim": limit, "s": ships}).all()}
+
+
+def newest_wide_times(conn: Connection, schema: str, tables: dict[str, list[str]]) -> dict[str, datetime | None]:
+    """The newest created_time of each ship's wide tables, in one statement (one index probe per table)."""
+    branches = [(ship, t) for ship, ts in tables.items() for t in ts]
+    if not branches:
+        return {}
+    union = " UNION ALL ".join(
+        f"SELECT CAST(:s{i} AS text) AS ship, (SELECT max(created_time) FROM {qualified(schema, t)}) AS t"
+        for i, (_, t) in enumerate(branches))
+    rows = conn.execute(text(f"SELECT ship, max(t) FROM ({union}) u GROUP BY ship"),
+                        {f"s{i}": ship for i, (ship, _) in enumerate(branches)}).all()
+    return dict(rows)  # type: ignore[arg-type]
+
+
+def fleet_read_pays(rt: Runtime, ships: list[str]) -> bool:
+    """True when one read of a window for all ``ships`` costs less than one read per ship.
+
+    The fleet read takes the window's rows of every ship in the source: worth it when ``ships``
+    are at least half of them (the usual case: realtime runs for the whole fleet).
+    """
+    if len(ships) < 2:
+        return False
+    with rt.dbs.source.connect() as conn:
+        return 2 * len(ships) >= len(rt.source.ships(conn))
+
+
+def write_fleet_window(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork], start: datetime, end: datetime,
+                       time_type: str) -> None:
+    """Migrate ``[start, end)`` of every ship in ``work``: one source read, one target transaction.
+
+    The ships' write locks are taken in one statement and every ship is merged by
+    :func:`window_migrator.merge_fleet`: a cycle costs about its rows, not ships times a fixed
+    number of round trips. A ship whose rows name a channel without a column, or every ship when
+    the shared transaction fails, is written again on its own (:func:`write_window`), so one bad
+    ship is reported alone and never holds the others back.
+    """
+    schema = rt.settings.target_schema
+    alone: list[_ShipWork] = []
+    try:
+        with rt.dbs.source.connect() as sconn:
+            sconn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+            with rt.dbs.target.begin() as tconn:
+                plans = cache.get_many(tconn, [w.ship_id for w in work])
+                order_by = rt.source.duplicate_order(sconn)
+                batches = read_fleet_window(raw_cursor(sconn), rt.source.sql, plans, start, end, order_by)
+                if batches is None:  # two ids share a hash: ship by ship
+                    alone = list(work)
+                else:
+                    # a ship with rows of a channel that has no column yet is written alone, after its columns
+                    known = [not (batches[w.ship_id].idx < 0).any() for w in work]
+                    ready = [(w, p) for w, p, ok in zip(work, plans, known, strict=True) if ok]
+                    alone = [w for w, ok in zip(work, known, strict=True) if not ok]
+                    take_write_locks(tconn, schema, [w.ship_id for w, _ in ready])
+                    results = merge_fleet(rt, sconn, tconn, [(p, batches.pop(w.ship_id)) for w, p in ready],
+                                          start, end)
+                    for (w, _), result in zip(ready, results, strict=True):
+                        w.add(result)
+                        w.done = True
+    except RETRYABLE as exc:
+        log.warning("the fleet window %s .. %s failed (%s); writing its ships one by one", start, end,
+                    error_line(exc))
+        for w in work:
+            w.rows = w.cells = w.rejected = 0
+            w.done = False
+        alone = list(work)
+    for w in alone:
+        try:
+            w.add(write_window(rt, cache, w.ship_id, start, end, time_type))
+            w.done = True
+        except RETRYABLE as exc:
+            _fail([w], exc)
+
+
+def _write_pieces(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, w: _ShipWork, end: datetime,
+                  time_type: str) -> None:
+    """One ship on its own, ``[w.start, end)`` in CHUNK_HOURS pieces, the watermark stored after each."""
+    for a, b in _pieces(w.start, end, rt.settings.chunk_hours):
+        w.add(write_window(rt, cache, w.ship_id, a, b, time_type))
+        if b > w.base:
+            store.set_watermark(w.ship_id, b)
+    w.done = True
+
+
+def _late_hours(rt: Runtime, cache: ShipPlanCache, clock: SourceClock, w: _ShipWork, c0: datetime,
+                c1: datetime) -> None:
+    """Re-migrate the hours below the window touched by rows inserted in ``[c0, c1)`` (server_created_time)."""
+    with rt.dbs.source.connect() as sconn:
+        hours = list(sconn.execute(text(
+            f"""SELECT DISTINCT date_trunc('hour', created_time) FROM {rt.source.sql}
+                WHERE ship_id = :s AND server_created_time >= :c0 AND server_created_time < :c1
+                  AND created_time < :start ORDER BY 1"""),
+            {"s": w.ship_id, "c0": c0, "c1": c1, "start": w.start}).scalars())
+    for h in hours:
+        w.add(write_window(rt, cache, w.ship_id, h, min(h + HOUR, w.start), clock.time_type))
+    w.late_hours = len(hours)
+    if hours:
+        log.info("ship %s: %d late hour(s) re-migrated from the server_created_time cursor (%s .. %s)",
+                 w.ship_id, len(hours), hours[0], hours[-1])
+
+
+def _plan_cycle(rt: Runtime, store: CutoffStore, ships: list[str], now: datetime) -> list[_ShipWork]:
+    """Each ship's window start: its watermark (else its cutoff, stored as ``now`` when missing) minus the lookback."""
+    states = store.load()
+    missing = [s for s in ships if not (states.get(s) and states[s].cutoff)]
+    cutoffs = store.ensure_cutoffs(missing, now) if missing else {}
+    lookback = timedelta(minutes=rt.settings.realtime_lookback_minutes)
+    work = []
+    for ship in ships:
+        state = states.get(ship)
+        base = (state.watermark if state and state.watermark else None) or \
+            (state.cutoff if state and state.cutoff else cutoffs[ship])
+        work.append(_ShipWork(ship, base, base - lookback))
+    return work
+
+
+def sync_fleet(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: SourceClock, ships: list[str],
+               opts: RealtimeOptions, fleet_read: bool) -> tuple[datetime, list[ShipCycle]]:
+    """One realtime cycle over ``ships``; a watermark moves only after its ship's data is committed.
+
+    Ships whose windows start together (the usual case: the previous cycle ended them all at the
+    same time) share one source read and one target transaction when ``fleet_read``; a ship behind
+    by more than CHUNK_HOURS (an outage) catches up on its own, piece by piece. Returns the
+    database time the cycle ran at and one :class:`ShipCycle` per ship.
+    """
     started = time.monotonic()
     tz = rt.settings.source_timezone
-    src = rt.source.sql
     with rt.dbs.source.connect() as sconn:
         now = database_now(sconn, clock.time_type, tz)
-        limit = now + FUTURE_TOLERANCE
-        ahead, ahead_max = sconn.execute(text(
-            f"SELECT count(*), max(created_time) FROM {src} WHERE created_time >= :lim AND ship_id = :s"),
-            {"lim": limit, "s": ship_id}).one()
+        ahead = ahead_rows(sconn, rt, ships, now + FUTURE_TOLERANCE)
         server_now = database_now(sconn, clock.server_type, tz) if clock.server_type else None
-    if ahead:
+    for ship, (n, newest) in ahead.items():
         log.warning("ship %s: %d row(s) with created_time up to %s are more than %s ahead of the database's "
                     "time %s; they are not migrated until their time comes (check SOURCE_TIMEZONE and the "
-                    "ship's clock)", ship_id, ahead, ahead_max, FUTURE_TOLERANCE, now)
-    state = store.get(ship_id)
-    cutoff = state.cutoff if state and state.cutoff else store.ensure_cutoff(ship_id, now)[0]
-    base = state.watermark if state and state.watermark else cutoff
-    start = base - timedelta(minutes=rt.settings.realtime_lookback_minutes)
+                    "ship's clock)", ship, n, newest, FUTURE_TOLERANCE, now)
     end = now - timedelta(seconds=opts.settle_seconds)
-    rows = cells = rejected = 0
-    for a, b in _pieces(start, end, rt.settings.chunk_hours):
-        result = write_window(rt, cache, ship_id, a, b, clock.time_type)
-        rows += result.rows_read
-        cells += result.cells_written
-        rejected += result.rejected
-        if b > base:
-            store.set_watermark(ship_id, b)
-
-    late_hours = 0
+    work = _plan_cycle(rt, store, ships, now)
+    groups: dict[datetime, list[_ShipWork]] = {}
+    for w in work:
+        if fleet_read and timedelta(0) < end - w.start <= timedelta(hours=rt.settings.chunk_hours):
+            groups.setdefault(w.start, []).append(w)
+    for start, members in groups.items():
+        try:
+            write_fleet_window(rt, cache, members, start, end, clock.time_type)
+        except RETRYABLE as exc:
+            _fail(members, exc)
+    for w in work:
+        if not w.done and w.error is None:
+            try:
+                _write_pieces(rt, cache, store, w, end, clock.time_type)
+            except RETRYABLE as exc:
+                _fail([w], exc)
+    store.advance("watermark", {w.ship_id: end for w in work if w.done and w.error is None and end > w.base})
     if opts.cursor == "server_created_time" and server_now is not None:
+        _run_insert_cursor(rt, cache, store, clock, [w for w in work if w.done], server_now, opts)
+    return now, _ship_cycles(rt, cache, store, work, now, end, ahead, started)
+
+
+def _run_insert_cursor(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: SourceClock,
+                       work: list[_ShipWork], server_now: datetime, opts: RealtimeOptions) -> None:
+    """The server_created_time cursor: late hours of each ship, then the cursors advanced in one write."""
+    states = store.load()
+    c1 = server_now - timedelta(seconds=opts.settle_seconds)
+    for w in work:
+        state = states.get(w.ship_id)
         c0 = (state.insert_cursor if state and state.insert_cursor
               else server_now - timedelta(minutes=rt.settings.realtime_lookback_minutes))
-        c1 = server_now - timedelta(seconds=opts.settle_seconds)
-        with rt.dbs.source.connect() as sconn:
-            hours = list(sconn.execute(text(
-                f"""SELECT DISTINCT date_trunc('hour', created_time) FROM {src}
-                    WHERE ship_id = :s AND server_created_time >= :c0 AND server_created_time < :c1
-                      AND created_time < :start ORDER BY 1"""),
-                {"s": ship_id, "c0": c0, "c1": c1, "start": start}).scalars())
-        for h in hours:
-            result = write_window(rt, cache, ship_id, h, min(h + HOUR, start), clock.time_type)
-            rows += result.rows_read
-            cells += result.cells_written
-            rejected += result.rejected
-        late_hours = len(hours)
-        if hours:
-            log.info("ship %s: %d late hour(s) re-migrated from the server_created_time cursor (%s .. %s)",
-                     ship_id, len(hours), hours[0], hours[-1])
-        store.set_insert_cursor(ship_id, c1)
+        try:
+            _late_hours(rt, cache, clock, w, c0, c1)
+        except RETRYABLE as exc:
+            _fail([w], exc)
+    store.advance("insert_cursor", {w.ship_id: c1 for w in work if w.error is None})
 
+
+def _fail(work: list[_ShipWork], exc: BaseException) -> None:
+    line = error_line(exc)
+    for w in work:
+        w.error = line
+        w.done = False  # its transaction, if any, did not commit
+    log.warning("realtime cycle failed for %s: %s", ", ".join(w.ship_id for w in work[:5])
+                + (" ..." if len(work) > 5 else ""), line)
+    log.debug("cycle failure", exc_info=True)
+
+
+def _ship_cycles(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, work: list[_ShipWork], now: datetime,
+                 end: datetime, ahead: dict[str, tuple[int, datetime]], started: float) -> list[ShipCycle]:
+    """The cycle's result per ship, with its lag (database now minus the newest wide row)."""
+    seconds = round(time.monotonic() - started, 3)
     with rt.dbs.target.connect() as tconn:
-        plan = cache.get(tconn, ship_id)
-        newest = newest_wide_time(tconn, rt.settings.target_schema, {p.table: 0 for p in plan.parts})
-    lag = (now - newest).total_seconds() if newest is not None else None
-    stored = store.get(ship_id)
-    return ShipCycle(ship_id, start, end, rows, cells, rejected, late_hours, int(ahead),
-                     stored.watermark if stored else None,
-                     round(lag, 3) if lag is not None else None, round(time.monotonic() - started, 3))
+        tables = {w.ship_id: [p.table for p in cache.get(tconn, w.ship_id).parts] for w in work}
+        newest = newest_wide_times(tconn, rt.settings.target_schema, tables)
+    states = store.load()
+    out = []
+    for w in work:
+        if w.error is not None:
+            out.append(ShipCycle(w.ship_id, error=w.error, seconds=seconds))
+            continue
+        t = newest.get(w.ship_id)
+        lag = round((now - t).total_seconds(), 3) if t is not None else None
+        state = states.get(w.ship_id)
+        out.append(ShipCycle(w.ship_id, w.start, end, w.rows, w.cells, w.rejected, w.late_hours,
+                             ahead.get(w.ship_id, (0, None))[0], state.watermark if state else None, lag, seconds))
+    return out
 
 
 def error_line(exc: BaseException) -> str:
@@ -303,25 +469,26 @@ def error_line(exc: BaseException) -> str:
 
 
 def run_cycle(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: SourceClock, ships: list[str],
-              opts: RealtimeOptions, number: int) -> CycleResult:
+              opts: RealtimeOptions, number: int, fleet_read: bool = True) -> CycleResult:
     """One cycle over ``ships``; a failing ship is reported in its :class:`ShipCycle` and the others go on."""
     started = time.monotonic()
-    results = []
     db_time = None
-    for ship in ships:
-        try:
-            res = sync_ship(rt, cache, store, clock, ship, opts)
-            db_time = res.window_end
-        except RETRYABLE as exc:
-            log.warning("ship %s: realtime cycle failed: %s", ship, error_line(exc))
-            log.debug("cycle failure", exc_info=True)
-            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-                rt.dbs.target.dispose()
-                rt.dbs.source.dispose()
-            res = ShipCycle(ship, error=error_line(exc), seconds=round(time.monotonic() - started, 3))
-        results.append(res)
-        log.debug("ship %s: window %s .. %s, %d rows read, %d cells written, lag %s s, %.2f s", ship,
-                  res.window_start, res.window_end, res.rows_read, res.cells_written, res.lag_seconds, res.seconds)
+    try:
+        db_time, results = sync_fleet(rt, cache, store, clock, ships, opts, fleet_read)
+    except RETRYABLE as exc:  # the cycle's own statements failed (the database is away, the store is damaged)
+        log.warning("realtime cycle failed: %s", error_line(exc))
+        log.debug("cycle failure", exc_info=True)
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            rt.dbs.target.dispose()
+            rt.dbs.source.dispose()
+        results = [ShipCycle(ship, error=error_line(exc), seconds=round(time.monotonic() - started, 3))
+                   for ship in ships]
+    if any(r.error for r in results):
+        rt.dbs.target.dispose()  # a connection may be broken: the next cycle starts on new ones
+        rt.dbs.source.dispose()
+    for res in results:
+        log.debug("ship %s: window %s .. %s, %d rows read, %d cells written, lag %s s", res.ship_id,
+                  res.window_start, res.window_end, res.rows_read, res.cells_written, res.lag_seconds)
     cycle = CycleResult(number, db_time, tuple(results), round(time.monotonic() - started, 3))
     lags = [s.lag_seconds for s in results if s.lag_seconds is not None]
     log.info("realtime cycle %d: %d ship(s), %s rows read, %s cells written, max lag %s, %.2f s%s", number,
@@ -365,6 +532,7 @@ def run_realtime(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: RealtimeOpti
     cache = ShipPlanCache(rt)
     locks = ShipLocks(rt.dbs.target, rt.settings.target_schema, ships)
     locks.acquire(wait=opts.wait_for_lock)
+    fleet_read = fleet_read_pays(rt, ships)
     deadline = time.monotonic() + opts.run_for if opts.run_for is not None else None
     last: CycleResult | None = None
     cycles = failures = consecutive = rows = cells = 0
@@ -389,7 +557,7 @@ def run_realtime(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: RealtimeOpti
                         reason = "run-for"
                         break
                     continue
-                cycle = last = run_cycle(rt, cache, store, clock, ships, opts, cycles + 1)
+                cycle = last = run_cycle(rt, cache, store, clock, ships, opts, cycles + 1, fleet_read)
                 cycles += 1
                 rows += cycle.rows_read
                 cells += sum(s.cells_written for s in cycle.ships)

@@ -147,7 +147,7 @@ def analyze_ship(
         if sample_hours is not None:
             newest = max(b[2] for b in bounds.values())
             since = newest - timedelta(hours=sample_hours)
-        counts = src.format_counts(conn, ship_id, since)
+        counts = src.format_counts(conn, ship_id, since, channels)
 
     prev_map = previous.channel_map() if previous else {}
     infos: dict[str, dict] = {}

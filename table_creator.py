@@ -88,21 +88,30 @@ def lock_ship_ddl(conn: Connection, schema: str, ship_id: str) -> None:
 
 def load_ship_layout(conn: Connection, schema: str, ship_id: str) -> ShipSchema | None:
     """The layout recorded in the metadata tables, or None when the ship has no tables yet."""
+    return load_ship_layouts(conn, schema, [ship_id]).get(ship_id)
+
+
+def load_ship_layouts(conn: Connection, schema: str, ship_ids: list[str]) -> dict[str, ShipSchema]:
+    """The recorded layouts of ``ship_ids`` (those that have tables), in one query for the fleet."""
     exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": qualified_raw(schema, COLUMNS_META)}).scalar()
     if exists is None:
-        return None
+        return {}
     rows = conn.execute(text(
-        f"SELECT channel_id, table_name, part, column_name, data_type FROM {qualified(schema, COLUMNS_META)} "
-        "WHERE ship_id = :s ORDER BY part, ordinal"), {"s": ship_id}).all()
-    if not rows:
-        return None
-    tables: dict[int, tuple[str, list[str]]] = {}
-    chans = []
-    for ch, table, part, column, dtype in rows:
-        tables.setdefault(part, (table, []))[1].append(ch)
-        chans.append(ChannelSchema(channel_id=ch, column=column, pg_type=dtype, part=part))
-    parts = tuple(TablePart(n, t, tuple(c)) for n, (t, c) in sorted(tables.items()))
-    return ShipSchema(ship_id, parts, tuple(chans))
+        f"SELECT ship_id, channel_id, table_name, part, column_name, data_type FROM {qualified(schema, COLUMNS_META)} "
+        "WHERE ship_id = ANY(CAST(:s AS text[])) ORDER BY ship_id, part, ordinal"), {"s": ship_ids}).all()
+    by_ship: dict[str, list] = {}
+    for row in rows:
+        by_ship.setdefault(row[0], []).append(row[1:])
+    out = {}
+    for ship_id, ship_rows in by_ship.items():
+        tables: dict[int, tuple[str, list[str]]] = {}
+        chans = []
+        for ch, table, part, column, dtype in ship_rows:
+            tables.setdefault(part, (table, []))[1].append(ch)
+            chans.append(ChannelSchema(channel_id=ch, column=column, pg_type=dtype, part=part))
+        parts = tuple(TablePart(n, t, tuple(c)) for n, (t, c) in sorted(tables.items()))
+        out[ship_id] = ShipSchema(ship_id, parts, tuple(chans))
+    return out
 
 
 def _table_exists(conn: Connection, schema: str, table: str) -> bool:

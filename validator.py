@@ -20,6 +20,7 @@ from chunk_ledger import ChunkLedger
 from cutoff_store import CutoffStore
 from data_migrator import resolve_ships
 from database import qi, qualified
+from lock_keys import take_write_locks
 from pivot import PivotPlan
 from runtime import Runtime
 from table_creator import load_ship_layout
@@ -231,8 +232,7 @@ def repair_buckets(rt: Runtime, ship_id: str, buckets: list[datetime]) -> None:
     plan = cache.ensure_channels(ship_id, time_type)
     for b in buckets:
         with rt.dbs.source.connect() as sconn, rt.dbs.target.begin() as tconn:
-            tconn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                          {"k": f"migrator-write:{rt.settings.target_schema}:{ship_id}"})
+            take_write_locks(tconn, rt.settings.target_schema, [ship_id])
             migrate_window(rt, sconn, tconn, plan, b, b + HOUR, replace=True)
         log.info("ship %s: repaired hour %s", ship_id, b)
 

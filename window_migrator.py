@@ -24,11 +24,11 @@ from copy_reader import CopyReaderProcess
 from database import raw_cursor
 from errors import SchemaError
 from narrow_source import SourceTable
-from pivot import REASONS, NarrowBatch, PivotPlan, Rejects, encode_copy, hash_lookup, pivot, read_window
+from pivot import REASONS, NarrowBatch, PivotPlan, PivotResult, Rejects, encode_copy, hash_lookup, pivot, read_window
 from runtime import Runtime
-from table_creator import add_channels, load_ship_layout
+from table_creator import add_channels, load_ship_layout, load_ship_layouts
 from wide_layout import TIME_COLUMN, short_hash
-from wide_writer import delete_window, merge_copy, write_copy
+from wide_writer import delete_window, merge_copy, merge_many, write_copy
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,26 @@ class ShipPlanCache:
             self._plans[ship_id] = PivotPlan.from_layout(layout)
         return self._plans[ship_id]
 
+    def get_many(self, conn: Connection, ship_ids: list[str]) -> list[PivotPlan]:
+        """The plans of ``ship_ids``, the missing ones read in one query; :class:`SchemaError` for a ship
+        without wide tables."""
+        missing = [s for s in ship_ids if s not in self._plans]
+        if missing:
+            layouts = load_ship_layouts(conn, self.rt.settings.target_schema, missing)
+            for ship in missing:
+                if ship not in layouts:
+                    raise SchemaError(f"ship {ship} has no wide tables; run --mode schema-only and "
+                                      "--mode tables-only first")
+                self._plans[ship] = PivotPlan.from_layout(layouts[ship])
+        return [self._plans[s] for s in ship_ids]
+
+    def cached(self, ship_id: str) -> PivotPlan:
+        """The plan of ``ship_id``, read on a connection of its own the first time."""
+        if ship_id not in self._plans:
+            with self.rt.dbs.target.connect() as conn:
+                return self.get(conn, ship_id)
+        return self._plans[ship_id]
+
     def ensure_channels(self, ship_id: str, time_type: str) -> PivotPlan:
         """Give every channel the source has for ``ship_id`` a column (skip-scan), then return the plan."""
         with self.rt.dbs.source.connect() as sconn:
@@ -103,11 +123,14 @@ class ShipPlanCache:
 
 
 def unknown_channels_in(conn: Connection, source: SourceTable, plan: PivotPlan, start, end) -> list[str]:
-    """Channels in the window that the plan does not know."""
-    return list(conn.execute(text(
-        f"SELECT DISTINCT data_channel_id FROM {source.sql} WHERE ship_id = :s AND created_time >= :a "
-        "AND created_time < :b AND NOT (data_channel_id = ANY(CAST(:c AS text[])))"),
-        {"s": plan.ship_id, "a": start, "b": end, "c": list(plan.channels)}).scalars())
+    """Channels with rows in ``[start, end)`` that the plan does not know.
+
+    A skip-scan of the ship's channel ids (one index descent each), then one primary-key probe per
+    channel the plan lacks: the cost does not grow with the window, the ship's history or the fleet.
+    Run it in the read's snapshot, so that a channel appearing later is the next read's business.
+    """
+    new = sorted(set(source.channels(conn, plan.ship_id)) - set(plan.channels))
+    return source.channels_with_rows(conn, plan.ship_id, new, start, end)
 
 
 def _blocks(start: datetime, end: datetime, count: int) -> list[tuple[datetime, datetime]]:
@@ -122,6 +145,54 @@ def _blocks(start: datetime, end: datetime, count: int) -> list[tuple[datetime, 
         out.append((a, b))
         a = b
     return out or [(start, end)]
+
+
+class WindowTally:
+    """What the blocks of one window add up to (rows, cells, rejects, timings, the newest time)."""
+
+    def __init__(self, plan: PivotPlan, start: datetime, end: datetime):
+        self.plan, self.start, self.end = plan, start, end
+        self.rows = self.cells = self.wide_rows = 0
+        self.tables: set[str] = set()
+        self.rejects = Rejects()
+        self.newest_us: int | None = None
+        self.t_read = self.t_pivot = self.t_write = 0.0
+
+    def write_block(self, target_conn: Connection, schema: str, batch: NarrowBatch, b_start: datetime,
+                    b_end: datetime, direct: bool) -> None:
+        """Pivot ``batch`` (the rows of ``[b_start, b_end)``) and write it: merged, or copied straight in."""
+        t1 = time.monotonic()
+        result = pivot(self.plan, batch)
+        t2 = time.monotonic()
+        for part in result.parts:
+            columns, payload = encode_copy(part, TIME_COLUMN)
+            if direct:
+                write_copy(target_conn, schema, part.table, columns, payload, b_start, b_end)
+            else:
+                merge_copy(target_conn, schema, part.table, columns, payload)
+            self.cells += part.cells
+            self.tables.add(part.table)
+        self.t_write += time.monotonic() - t2
+        self.add_pivot(result, batch, t2 - t1)
+
+    def add_pivot(self, result: PivotResult, batch: NarrowBatch, seconds: float) -> None:
+        """Count a pivoted block (rows, wide rows, rejects, newest time)."""
+        self.t_pivot += seconds
+        self.rows += result.rows_read
+        self.wide_rows += result.wide_rows
+        self.rejects.extend(result.rejects)
+        for ts in (batch.ts, batch.text_ts):
+            if ts.size:
+                self.newest_us = max(self.newest_us if self.newest_us is not None else -(2**62), int(ts.max()))
+
+    def finish(self, rt: Runtime, source_conn: Connection) -> WindowResult:
+        """Write the window's reject file and return its result."""
+        aware = self.start.tzinfo is not None
+        write_rejects(rt, source_conn, self.plan, self.start, self.end, self.rejects, aware)
+        newest = ts_to_datetime(self.newest_us, aware) if self.newest_us is not None else None
+        ordered = tuple(p.table for p in self.plan.parts if p.table in self.tables)
+        return WindowResult(self.plan.ship_id, self.start, self.end, self.rows, self.cells, self.wide_rows,
+                            len(self.rejects), ordered, self.t_read, self.t_pivot, self.t_write, newest)
 
 
 def migrate_window(
@@ -142,24 +213,22 @@ def migrate_window(
     ``direct`` (the backfill) copies a block straight into a table that has no row in its range
     instead of merging it; realtime and repair always merge. ``readers`` (the backfill) run the
     COPYs of the blocks in helper processes on this transaction's snapshot, one block each at a time.
-    Raises :class:`UnknownChannels` when rows of a channel without a column were read.
+    Raises :class:`UnknownChannels` when the window holds rows of a channel without a column.
 
     The window is read in time blocks (a wide row never spans two: it is one created_time), and
-    the next block is read by a helper thread while this one pivots and writes, so the source's
-    COPY out overlaps the target's COPY in and merge; memory is bounded by a block, not the window.
+    the next block is read by a helper while this one pivots and writes, so the source's COPY out
+    overlaps the target's COPY in and merge; memory is bounded by a block, not the window.
     """
     schema = rt.settings.target_schema
+    unknown = unknown_channels_in(source_conn, rt.source, plan, start, end)  # also takes the read's snapshot
+    if unknown:
+        raise UnknownChannels(plan.ship_id, unknown)
     if replace:
         for part in plan.parts:
             delete_window(target_conn, schema, part.table, start, end)
     cursor = raw_cursor(source_conn)
     blocks = _blocks(start, end, READ_BLOCKS)
-    rows = cells = wide_rows = 0
-    tables: set[str] = set()
-    rejects = Rejects()
-    newest_us: int | None = None
-    t_read = t_pivot = t_write = 0.0
-    aware = isinstance(start, datetime) and start.tzinfo is not None
+    tally = WindowTally(plan, start, end)
     order_by = rt.source.duplicate_order(source_conn)  # None (no sort) when a unique key rules out duplicates
     hash_lookup(cursor, plan)  # asked here, once, before reader threads could ask it together
     if readers:
@@ -176,38 +245,45 @@ def migrate_window(
         for k, (b_start, b_end) in enumerate(blocks):
             t0 = time.monotonic()
             batch = pending.pop(k).result()
-            t1 = time.monotonic()
-            t_read += t1 - t0
+            tally.t_read += time.monotonic() - t0
             if k + len(outs) < len(blocks):  # the reader of block k is free again: it takes block k + n
                 pending[k + len(outs)] = pool.submit(read, k + len(outs))
-            if (batch.idx < 0).any():
-                for later in pending.values():
-                    later.result()  # let the readers finish before the connection is used again
-                raise UnknownChannels(plan.ship_id, unknown_channels_in(source_conn, rt.source, plan, start, end))
-            result = pivot(plan, batch)
-            t2 = time.monotonic()
-            for part in result.parts:
-                columns, payload = encode_copy(part, TIME_COLUMN)
-                if direct:
-                    write_copy(target_conn, schema, part.table, columns, payload, b_start, b_end)
-                else:
-                    merge_copy(target_conn, schema, part.table, columns, payload)
-                cells += part.cells
-                tables.add(part.table)
-            t_pivot += t2 - t1
-            t_write += time.monotonic() - t2
-            rows += result.rows_read
-            wide_rows += result.wide_rows
-            rejects.extend(result.rejects)
-            for ts in (batch.ts, batch.text_ts):
-                if ts.size:
-                    newest_us = max(newest_us if newest_us is not None else -(2**62), int(ts.max()))
-            del batch, result
-    newest = ts_to_datetime(newest_us, aware) if newest_us is not None else None
-    write_rejects(rt, source_conn, plan, start, end, rejects, aware)
-    ordered = tuple(p.table for p in plan.parts if p.table in tables)
-    return WindowResult(plan.ship_id, start, end, rows, cells, wide_rows, len(rejects), ordered,
-                        t_read, t_pivot, t_write, newest)
+            tally.write_block(target_conn, schema, batch, b_start, b_end, direct)
+            del batch
+    return tally.finish(rt, source_conn)
+
+
+def merge_fleet(rt: Runtime, source_conn: Connection, target_conn: Connection,
+                items: list[tuple[PivotPlan, NarrowBatch]], start: datetime, end: datetime) -> list[WindowResult]:
+    """Merge already read batches of many ships (each every row of its ship in ``[start, end)``).
+
+    For the realtime fleet read (:func:`pivot.read_fleet_window`): every ship's parts are pivoted
+    first, then merged with a constant number of statements plus one COPY per table
+    (:func:`wide_writer.merge_many`). ``source_conn`` is the connection whose snapshot read the
+    batches (the reject files read the full rows from it). The batches must hold no row of a
+    channel without a column (check ``batch.idx``).
+    """
+    schema = rt.settings.target_schema
+    tallies, payloads = [], []
+    for plan, batch in items:
+        tally = WindowTally(plan, start, end)
+        t0 = time.monotonic()
+        result = pivot(plan, batch)
+        for part in result.parts:
+            columns, payload = encode_copy(part, TIME_COLUMN)
+            payloads.append((part.table, columns, payload))
+            tally.cells += part.cells
+            tally.tables.add(part.table)
+        tally.add_pivot(result, batch, time.monotonic() - t0)
+        tallies.append(tally)
+    t0 = time.monotonic()
+    merge_many(target_conn, schema, payloads)
+    share = (time.monotonic() - t0) / max(len(tallies), 1)
+    out = []
+    for tally in tallies:
+        tally.t_write = share
+        out.append(tally.finish(rt, source_conn))
+    return out
 
 
 def reject_file(rt: Runtime, ship_id: str, start: datetime, end: datetime) -> Path:
