@@ -47,13 +47,14 @@ class CopyReaderProcess:
     password included, go through the pipe, never the command line.
     """
 
-    def __init__(self, engine: Engine, application_name: str = "narrow-to-wide reader"):
+    def __init__(self, engine: Engine, application_name: str = "narrow-to-wide reader", settings_sql: str = ""):
         url = engine.url
         params: dict[str, object] = url.translate_connect_args(username="user", database="dbname")
         params.update({k: (v[-1] if isinstance(v, tuple) else v) for k, v in url.query.items()})
         params.setdefault("connect_timeout", 10)
         params["application_name"] = application_name
         self._params = params
+        self.settings_sql = settings_sql  # run in each read's transaction before the COPY (planner settings)
         self._process: subprocess.Popen | None = None
 
     def export_snapshot(self, conn: Connection) -> str:
@@ -66,7 +67,7 @@ class CopyReaderProcess:
         """The bytes of ``copy_sql`` (a complete ``COPY ... TO STDOUT``) run in ``snapshot``."""
         proc = self._ensure_started()
         try:
-            _send(proc.stdin, {"snapshot": snapshot, "sql": copy_sql})
+            _send(proc.stdin, {"snapshot": snapshot, "sql": copy_sql, "settings": self.settings_sql})
             status, payload = _receive_reply(proc.stdout)
         except (EOFError, OSError) as exc:
             self.close()
@@ -161,6 +162,7 @@ def _serve() -> None:
                 buf = io.BytesIO()
                 with conn.cursor() as cur:
                     cur.execute("SET TRANSACTION SNAPSHOT %s", (request["snapshot"],))
+                    cur.execute(request.get("settings") or "SELECT")
                     cur.copy_expert(request["sql"], buf)
                 conn.rollback()
                 if lost is None:

@@ -25,11 +25,13 @@ from sqlalchemy.exc import DBAPIError, ResourceClosedError
 from chunk_ledger import DONE, FAILED, PENDING, RUNNING, Chunk, ChunkLedger
 from config import Settings
 from copy_reader import CopyReaderProcess
-from cutoff_store import CutoffStore
+from cutoff_store import CutoffStore, ShipState
 from database import qualified, qualified_raw, server_now
 from errors import ConfigError, DatabaseUnavailable, MigratorError, SchemaError
+from narrow_source import READ_SETTINGS_SQL, begin_snapshot_read
 from progress import LedgerProgress
 from runtime import Runtime, open_runtime
+from schema_analyzer import ShipSchema
 from table_creator import TABLES_META
 from window_migrator import ShipPlanCache, UnknownChannels, migrate_window
 
@@ -193,7 +195,7 @@ def process_chunk(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: Shi
         plan = cache.cached(chunk.ship_id) if attempt == 1 else cache.ensure_channels(chunk.ship_id, time_type)
         try:
             with rt.dbs.source.connect() as sconn:
-                sconn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+                begin_snapshot_read(sconn)
                 with conn.begin():
                     result = migrate_window(rt, sconn, conn, plan, chunk.start, chunk.end, direct=True,
                                             readers=readers)
@@ -229,7 +231,7 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
         time_type = rt.source.time_type(sconn)
     conn = rt.dbs.target.connect()
     # helper processes that read the source's blocks, two at a time
-    readers = [CopyReaderProcess(rt.dbs.source) for _ in range(READER_PROCESSES)]
+    readers = [CopyReaderProcess(rt.dbs.source, settings_sql=READ_SETTINGS_SQL) for _ in range(READER_PROCESSES)]
     waited = 0.0
     try:
         for reader in readers:
@@ -491,27 +493,16 @@ class StatusReport:
     database_time: datetime | None = None
 
 
-def ship_status(rt: Runtime, conn: Connection, ship_id: str, store: CutoffStore, now: datetime) -> ShipStatus:
-    """The status of one ship, read from the metadata, the ledger and the cutoff store."""
-    from table_creator import load_ship_layout
-
-    schema = rt.settings.target_schema
-    ledger = ChunkLedger(schema)
-    layout = load_ship_layout(conn, schema, ship_id)
+def ship_status(ship_id: str, layout: ShipSchema | None, counts: dict[str, int], state: ShipState | None,
+                record_count: int, newest: datetime | None, now: datetime, last_error: str | None) -> ShipStatus:
+    """The status of one ship from what :func:`migration_status` read for the whole fleet."""
     tables = {p.table: len(p.channels) for p in layout.parts} if layout else {}
-    c = ledger.counts(conn, [ship_id]).get(ship_id, {}) if ledger.exists(conn) else {}
+    c = counts
     total = sum(c.get(s, 0) for s in (PENDING, RUNNING, DONE, FAILED))
-    record_count = 0
-    if tables:
-        union = " UNION ".join(f"SELECT created_time FROM {qualified(schema, t)}" for t in tables)
-        record_count = int(conn.execute(text(f"SELECT count(*) FROM ({union}) u")).scalar_one())
-    state = store.get(ship_id)
     watermark = state.watermark if state else None
     lag = None
-    if watermark is not None:
-        newest = newest_wide_time(conn, schema, tables)
-        if newest is not None:
-            lag = max(0.0, (_as_comparable(now, newest) - newest).total_seconds())
+    if watermark is not None and newest is not None:
+        lag = max(0.0, (_as_comparable(now, newest) - newest).total_seconds())
     if total == 0:
         status = "not_started" if not record_count else "realtime_only"
     elif c.get(FAILED, 0):
@@ -526,7 +517,15 @@ def ship_status(rt: Runtime, conn: Connection, ship_id: str, store: CutoffStore,
         percent=round(100.0 * c.get(DONE, 0) / total, 1) if total else 0.0,
         rows_read=c.get("rows_read", 0), cells_written=c.get("cells_written", 0), record_count=record_count,
         rejected=c.get("rejected", 0), cutoff=state.cutoff if state else None, watermark=watermark,
-        lag_seconds=lag, last_error=ledger.last_error(conn, ship_id) if total else None)
+        lag_seconds=lag, last_error=last_error if total else None)
+
+
+def wide_row_count(conn: Connection, schema: str, tables: list[str]) -> int:
+    """Distinct created_time over one ship's wide tables (one index-only scan each; the ship's own rows only)."""
+    if not tables:
+        return 0
+    union = " UNION ".join(f"SELECT created_time FROM {qualified(schema, t)}" for t in tables)
+    return int(conn.execute(text(f"SELECT count(*) FROM ({union}) u")).scalar_one())
 
 
 def newest_wide_time(conn: Connection, schema: str, tables: dict[str, int]) -> datetime | None:
@@ -544,15 +543,34 @@ def _as_comparable(now: datetime, other: datetime) -> datetime:
 
 
 def migration_status(rt: Runtime, ship_ids: tuple[str, ...] = ()) -> StatusReport:
-    """``--mode status``: per ship, tables, chunks, rows, cutoff, watermark, lag, rejects, last error."""
+    """``--mode status``: per ship, tables, chunks, rows, cutoff, watermark, lag, rejects, last error.
+
+    The metadata, the ledger and the cutoff store are read once for the fleet; what is read per
+    ship (its wide row count, its newest time, its last error) touches only that ship's rows.
+    """
+    from table_creator import load_ship_layouts
+
     store = CutoffStore(rt.settings.cutoff_file)
+    schema = rt.settings.target_schema
     with rt.dbs.source.connect() as sconn:
         time_type = rt.source.time_type(sconn)
         now = database_now(sconn, time_type, rt.settings.source_timezone)
+    states = store.load()
+    ledger = ChunkLedger(schema)
     with rt.dbs.target.connect() as conn:
-        ships = list(ship_ids or rt.settings.ship_ids) or wide_ships(conn, rt.settings.target_schema)
-        report = tuple(ship_status(rt, conn, s, store, now) for s in ships)
-    return StatusReport(rt.settings.target_schema, report, now)
+        ships = list(ship_ids or rt.settings.ship_ids) or wide_ships(conn, schema)
+        layouts = load_ship_layouts(conn, schema, ships)
+        has_ledger = ledger.exists(conn)
+        counts = ledger.counts(conn, ships) if has_ledger else {}
+        report = []
+        for ship in ships:
+            tables = [p.table for p in layouts[ship].parts] if ship in layouts else []
+            state = states.get(ship)
+            newest = newest_wide_time(conn, schema, dict.fromkeys(tables, 0)) if state and state.watermark else None
+            error = ledger.last_error(conn, ship) if ship in counts else None
+            report.append(ship_status(ship, layouts.get(ship), counts.get(ship, {}), state,
+                                      wide_row_count(conn, schema, tables), newest, now, error))
+    return StatusReport(schema, tuple(report), now)
 
 
 # ----------------------------------------------------------------------------------------------

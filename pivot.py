@@ -22,6 +22,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from narrow_source import ship_read_settings
 from schema_analyzer import ShipSchema
 
 KIND_DOUBLE, KIND_BIGINT, KIND_BOOL, KIND_TEXT = 0, 1, 2, 3
@@ -273,6 +274,9 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
               AND s.created_time >= %(start)s AND s.created_time < %(end)s"""
     if not params["chs"]:
         fields, size = _empty_fields("idx"), 0
+    elif copy_out is None:  # here, on this connection: the planner settings around the read
+        with ship_read_settings(cursor):
+            return read_window(cursor, source_sql, plan, start, end, order_by, _local_copy_out(cursor))
     elif lookup is not None:
         numeric = f"""SELECT s.created_time, hashtextextended(s.data_channel_id, 0), {_CODE_SQL},
                 coalesce(s.double_v, 0), coalesce(s.long_v, 0)
@@ -289,8 +293,17 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
     batch = NarrowBatch(**fields, bytes_read=size)
     if plan.text_indexes:
         text_rows = _read_text_rows(cursor, source_sql, [plan], start, end, order_by, copy_out)
-        _attach_text(batch, text_rows, np.ones(text_rows[0].size, dtype=bool))
+        _attach_text(batch, text_rows, np.arange(text_rows[0].size))
     return batch
+
+
+def _local_copy_out(cursor) -> Callable[[str], memoryview]:
+    """A ``copy_out`` that runs the COPY on ``cursor`` itself, into memory."""
+    def run(copy_sql: str) -> memoryview:
+        buf = io.BytesIO()
+        cursor.copy_expert(copy_sql, buf)
+        return buf.getbuffer()
+    return run
 
 
 def _ship_hashes(cursor, ship_ids: list[str]) -> np.ndarray:
@@ -327,6 +340,8 @@ def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: da
     rows_of = np.argsort(pos, kind="stable")  # stable: a ship's rows keep the read order (duplicates)
     bounds = np.searchsorted(pos[rows_of], np.arange(len(plans) + 1))
     text_rows = _read_text_rows(cursor, source_sql, plans, start, end, order_by)
+    text_of = np.argsort(text_rows[1], kind="stable")
+    text_bounds = np.searchsorted(text_rows[1][text_of], np.arange(len(plans) + 1))
     batches: dict[str, NarrowBatch] = {}
     for k, plan in enumerate(plans):
         take = rows_of[bounds[k]:bounds[k + 1]]
@@ -335,7 +350,7 @@ def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: da
         numeric = (idx < 0) | (plan.kind[np.maximum(idx, 0)] != KIND_TEXT)  # text channels: from their own read
         batch = NarrowBatch(**{name: v[numeric] for name, v in ship_fields.items()}, idx=idx[numeric],
                             bytes_read=size * take.size // max(pos.size, 1))
-        _attach_text(batch, text_rows, text_rows[1] == k)
+        _attach_text(batch, text_rows, text_of[text_bounds[k]:text_bounds[k + 1]])
         batches[plan.ship_id] = batch
     return batches
 
@@ -349,13 +364,21 @@ def _read_text_rows(cursor, source_sql: str, plans: list[PivotPlan], start: date
     formats, values, bytes read).
     """
     pairs = [(p_i, plan.ship_id, plan.channels[i], i) for p_i, plan in enumerate(plans) for i in plan.text_indexes]
-    query = f"""SELECT s.created_time, m.p, m.i, ({_FMT_SQL})::int2,
+    rows = f"""SELECT s.created_time, m.p, m.i, ({_FMT_SQL})::int2,
             CASE s.value_format WHEN 'String' THEN s.str_v WHEN 'Decimal' THEN s.double_v::text
-                 WHEN 'Integer' THEN s.long_v::text WHEN 'Boolean' THEN s.bool_v::text END
-        FROM unnest(%(tships)s::text[], %(tchs)s::text[], %(tpos)s::int4[], %(tidx)s::int4[]) AS m(ship, ch, p, i)
-        JOIN {source_sql} s ON s.ship_id = m.ship AND s.data_channel_id = m.ch
-        WHERE s.created_time >= %(start)s AND s.created_time < %(end)s""" + (
-        f" ORDER BY m.p, {order_by}" if order_by else "")
+                 WHEN 'Integer' THEN s.long_v::text WHEN 'Boolean' THEN s.bool_v::text END"""
+    pairs_sql = "unnest(%(tships)s::text[], %(tchs)s::text[], %(tpos)s::int4[], %(tidx)s::int4[]) AS m(ship, ch, p, i)"
+    if len(plans) == 1:
+        # one ship (a long window): one primary-key range per text channel; OFFSET 0 keeps the planner
+        # from turning it into a hash join over every ship's rows of the window
+        query = f"""SELECT x.* FROM {pairs_sql} CROSS JOIN LATERAL ({rows}
+            FROM {source_sql} s WHERE s.ship_id = m.ship AND s.data_channel_id = m.ch
+              AND s.created_time >= %(start)s AND s.created_time < %(end)s
+              {f"ORDER BY {order_by}" if order_by else ""} OFFSET 0) x"""
+    else:  # the fleet read of a short window: whatever plan, it reads that window once
+        query = f"""{rows} FROM {pairs_sql} JOIN {source_sql} s ON s.ship_id = m.ship AND s.data_channel_id = m.ch
+            WHERE s.created_time >= %(start)s AND s.created_time < %(end)s
+            {f"ORDER BY m.p, {order_by}" if order_by else ""}"""
     params = {"start": start, "end": end, "tships": [x[1] for x in pairs], "tchs": [x[2] for x in pairs],
               "tpos": [x[0] for x in pairs], "tidx": [x[3] for x in pairs]}
     if not pairs:
@@ -401,13 +424,13 @@ def _parse_text_rows(data: bytes) -> tuple[list[int], list[int], list[int], list
 
 
 def _attach_text(batch: NarrowBatch, text_rows: tuple, mine: np.ndarray) -> None:
-    """Give ``batch`` the text rows selected by ``mine``."""
+    """Give ``batch`` the text rows at positions ``mine`` (ascending: the read order is kept)."""
     ts, _, idx, fmt, vals, size = text_rows
     batch.text_ts = ts[mine]
     batch.text_idx = idx[mine]
     batch.text_fmt = fmt[mine]
-    batch.text_values = [v for v, m in zip(vals, mine, strict=True) if m]
-    batch.bytes_read += size * int(mine.sum()) // max(ts.size, 1)
+    batch.text_values = [vals[i] for i in mine.tolist()]
+    batch.bytes_read += size * mine.size // max(ts.size, 1)
 
 
 class _CollectingSink:
@@ -618,6 +641,54 @@ def pivot(plan: PivotPlan, batch: NarrowBatch) -> PivotResult:
         text = {c: {int(remap[r]): v for r, v in vals.items()} for c, vals in text.items()}
         parts.append(PartRows(pc.table, uniq[keep], matrices, text))
     return PivotResult(parts, rejects, unknown_rows, batch.rows)
+
+
+def _same_cells(rows: np.ndarray, at: np.ndarray, part: PartRows, before: PartRows) -> np.ndarray:
+    """Per row in ``rows`` of ``part``: True when ``before`` row ``at`` holds exactly the same cells.
+
+    Values are compared bit for bit (NaN equals NaN, -0.0 differs from 0.0), NULLs by their masks.
+    """
+    same = np.ones(rows.size, dtype=bool)
+    for kind, (m, v, cols) in part.matrices.items():
+        bm, bv, bcols = before.matrices[kind]
+        if bcols != cols:
+            return np.zeros(rows.size, dtype=bool)
+        new_v, old_v = v[rows], bv[at]
+        new_m, old_m = m[rows], bm[at]
+        if kind != KIND_BOOL:
+            new_m, old_m = new_m.view(np.int64), old_m.view(np.int64)
+        same &= (new_v == old_v).all(axis=1) & ((new_m == old_m) | ~new_v).all(axis=1)
+    for col in set(part.text) | set(before.text):
+        new_t, old_t = part.text.get(col, {}), before.text.get(col, {})
+        for k, (r, a) in enumerate(zip(rows, at, strict=True)):
+            if same[k] and new_t.get(int(r)) != old_t.get(int(a)):
+                same[k] = False
+    return same
+
+
+def drop_unchanged(part: PartRows, before: PartRows | None) -> PartRows | None:
+    """``part`` without the rows that ``before`` (the same table's previous pivot) already held cell for cell.
+
+    For realtime: each cycle re-reads its lookback for late rows, and most of those rows were
+    written by the previous cycle exactly as they are; merging them again is most of a cycle's
+    work for nothing. None when no row is left.
+    """
+    if before is None or set(before.matrices) != set(part.matrices) or part.ts.size == 0 or before.ts.size == 0:
+        return part
+    pos = np.minimum(np.searchsorted(before.ts, part.ts), before.ts.size - 1)
+    rows = np.flatnonzero(before.ts[pos] == part.ts)
+    if rows.size == 0:
+        return part
+    keep = np.ones(part.ts.size, dtype=bool)
+    keep[rows[_same_cells(rows, pos[rows], part, before)]] = False
+    if keep.all():
+        return part
+    if not keep.any():
+        return None
+    remap = np.cumsum(keep) - 1
+    return PartRows(part.table, part.ts[keep],
+                    {k: (m[keep], v[keep], cols) for k, (m, v, cols) in part.matrices.items()},
+                    {c: {int(remap[r]): val for r, val in vals.items() if keep[r]} for c, vals in part.text.items()})
 
 
 _BE = {KIND_DOUBLE: ">f8", KIND_BIGINT: ">i8", KIND_BOOL: "u1"}

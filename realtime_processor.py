@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import psycopg2
@@ -30,10 +30,18 @@ from data_migrator import database_now, resolve_ships
 from database import qualified, raw_cursor
 from errors import LockHeld, MigratorError
 from lock_keys import realtime_key, take_write_locks
+from narrow_source import begin_snapshot_read
 from pivot import PivotPlan, read_fleet_window
 from runtime import Runtime
 from stopping import stop_on_signals
-from window_migrator import ShipPlanCache, UnknownChannels, WindowResult, merge_fleet, migrate_window
+from window_migrator import (
+    ShipPlanCache,
+    UnknownChannels,
+    WindowResult,
+    WrittenRows,
+    merge_fleet,
+    migrate_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +103,15 @@ class CycleResult:
     def rows_read(self) -> int:
         """Narrow rows read by the cycle."""
         return sum(s.rows_read for s in self.ships)
+
+
+@dataclass
+class ProcessorMemory:
+    """What a running realtime processor keeps from one cycle to the next: its ships' pivot plans and
+    the rows its last cycle wrote (lookback rows found unchanged are not merged again)."""
+
+    written: WrittenRows = field(default_factory=WrittenRows)
+    plans: ShipPlanCache | None = None
 
 
 @dataclass(frozen=True)
@@ -205,7 +222,7 @@ def write_window(rt: Runtime, cache: ShipPlanCache, ship_id: str, start: datetim
     for attempt in (1, 2):
         try:
             with rt.dbs.source.connect() as sconn:
-                sconn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+                begin_snapshot_read(sconn)
                 with rt.dbs.target.begin() as tconn:
                     plan: PivotPlan = cache.get(tconn, ship_id)
                     take_write_locks(tconn, rt.settings.target_schema, [ship_id])
@@ -284,7 +301,7 @@ def fleet_read_pays(rt: Runtime, ships: list[str]) -> bool:
 
 
 def write_fleet_window(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork], start: datetime, end: datetime,
-                       time_type: str) -> None:
+                       time_type: str, written: WrittenRows | None = None) -> None:
     """Migrate ``[start, end)`` of every ship in ``work``: one source read, one target transaction.
 
     The ships' write locks are taken in one statement and every ship is merged by
@@ -297,7 +314,7 @@ def write_fleet_window(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork],
     alone: list[_ShipWork] = []
     try:
         with rt.dbs.source.connect() as sconn:
-            sconn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+            begin_snapshot_read(sconn)
             with rt.dbs.target.begin() as tconn:
                 plans = cache.get_many(tconn, [w.ship_id for w in work])
                 order_by = rt.source.duplicate_order(sconn)
@@ -311,11 +328,15 @@ def write_fleet_window(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork],
                     alone = [w for w, ok in zip(work, known, strict=True) if not ok]
                     take_write_locks(tconn, schema, [w.ship_id for w, _ in ready])
                     results = merge_fleet(rt, sconn, tconn, [(p, batches.pop(w.ship_id)) for w, p in ready],
-                                          start, end)
+                                          start, end, written)
                     for (w, _), result in zip(ready, results, strict=True):
                         w.add(result)
                         w.done = True
+        if written is not None:
+            written.commit()
     except RETRYABLE as exc:
+        if written is not None:
+            written.discard()
         log.warning("the fleet window %s .. %s failed (%s); writing its ships one by one", start, end,
                     error_line(exc))
         for w in work:
@@ -328,6 +349,27 @@ def write_fleet_window(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork],
             w.done = True
         except RETRYABLE as exc:
             _fail([w], exc)
+
+
+FLEET_READ_ROWS = 2_000_000  # narrow rows one fleet read holds at most (about 200 MB with its pivot)
+NOMINAL_SAMPLE_SECONDS = 15  # the fleet's sampling interval, used only to size the fleet reads
+
+
+def _by_size(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork], span: timedelta) -> list[list[_ShipWork]]:
+    """``work`` cut into reads of at most about FLEET_READ_ROWS rows, so memory does not grow with the fleet."""
+    with rt.dbs.target.connect() as tconn:
+        plans = cache.get_many(tconn, [w.ship_id for w in work])
+    ticks = max(span.total_seconds() / NOMINAL_SAMPLE_SECONDS, 1.0)
+    out: list[list[_ShipWork]] = [[]]
+    rows = 0.0
+    for w, plan in zip(work, plans, strict=True):
+        ship_rows = len(plan.channels) * ticks
+        if out[-1] and rows + ship_rows > FLEET_READ_ROWS:
+            out.append([])
+            rows = 0.0
+        out[-1].append(w)
+        rows += ship_rows
+    return out
 
 
 def _write_pieces(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, w: _ShipWork, end: datetime,
@@ -373,7 +415,8 @@ def _plan_cycle(rt: Runtime, store: CutoffStore, ships: list[str], now: datetime
 
 
 def sync_fleet(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: SourceClock, ships: list[str],
-               opts: RealtimeOptions, fleet_read: bool) -> tuple[datetime, list[ShipCycle]]:
+               opts: RealtimeOptions, fleet_read: bool, written: WrittenRows | None = None
+               ) -> tuple[datetime, list[ShipCycle]]:
     """One realtime cycle over ``ships``; a watermark moves only after its ship's data is committed.
 
     Ships whose windows start together (the usual case: the previous cycle ended them all at the
@@ -398,10 +441,11 @@ def sync_fleet(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: Sou
         if fleet_read and timedelta(0) < end - w.start <= timedelta(hours=rt.settings.chunk_hours):
             groups.setdefault(w.start, []).append(w)
     for start, members in groups.items():
-        try:
-            write_fleet_window(rt, cache, members, start, end, clock.time_type)
-        except RETRYABLE as exc:
-            _fail(members, exc)
+        for batch in _by_size(rt, cache, members, end - start):
+            try:
+                write_fleet_window(rt, cache, batch, start, end, clock.time_type, written)
+            except RETRYABLE as exc:
+                _fail(batch, exc)
     for w in work:
         if not w.done and w.error is None:
             try:
@@ -469,12 +513,17 @@ def error_line(exc: BaseException) -> str:
 
 
 def run_cycle(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: SourceClock, ships: list[str],
-              opts: RealtimeOptions, number: int, fleet_read: bool = True) -> CycleResult:
-    """One cycle over ``ships``; a failing ship is reported in its :class:`ShipCycle` and the others go on."""
+              opts: RealtimeOptions, number: int, fleet_read: bool = True,
+              written: WrittenRows | None = None) -> CycleResult:
+    """One cycle over ``ships``; a failing ship is reported in its :class:`ShipCycle` and the others go on.
+
+    ``written`` (kept by the processor from cycle to cycle) spares re-merging lookback rows unchanged
+    since the previous cycle.
+    """
     started = time.monotonic()
     db_time = None
     try:
-        db_time, results = sync_fleet(rt, cache, store, clock, ships, opts, fleet_read)
+        db_time, results = sync_fleet(rt, cache, store, clock, ships, opts, fleet_read, written)
     except RETRYABLE as exc:  # the cycle's own statements failed (the database is away, the store is damaged)
         log.warning("realtime cycle failed: %s", error_line(exc))
         log.debug("cycle failure", exc_info=True)
@@ -511,10 +560,13 @@ def source_clock(rt: Runtime) -> SourceClock:
 
 def run_realtime(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: RealtimeOptions = RealtimeOptions(),
                  stop: threading.Event | None = None,
-                 on_cycle: Callable[[CycleResult], None] | None = None) -> RealtimeResult:
+                 on_cycle: Callable[[CycleResult], None] | None = None,
+                 memory: ProcessorMemory | None = None) -> RealtimeResult:
     """``--mode realtime``: run cycles until ``--once``, ``--run-for``, ``max_cycles`` or a stop signal.
 
     ``on_cycle`` is called after every cycle (the strategies use it to see realtime catch up).
+    ``memory`` is what the processor keeps from cycle to cycle (a new one when not given): a caller
+    that runs one cycle at a time in one process may pass the same object each time.
 
     A failed cycle never ends the long-lived loop: it is logged and retried with backoff (the
     connections are re-made); with ``once`` the result reports it and the CLI exits non-zero.
@@ -529,10 +581,12 @@ def run_realtime(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: RealtimeOpti
     stop = stop or threading.Event()
     store = CutoffStore(rt.settings.cutoff_file)
     store.check_writable()  # before any wide row is written: a watermark that cannot be stored stops us now
-    cache = ShipPlanCache(rt)
     locks = ShipLocks(rt.dbs.target, rt.settings.target_schema, ships)
     locks.acquire(wait=opts.wait_for_lock)
     fleet_read = fleet_read_pays(rt, ships)
+    memory = memory if memory is not None else ProcessorMemory()
+    cache = memory.plans = memory.plans or ShipPlanCache(rt)
+    written = memory.written
     deadline = time.monotonic() + opts.run_for if opts.run_for is not None else None
     last: CycleResult | None = None
     cycles = failures = consecutive = rows = cells = 0
@@ -557,7 +611,7 @@ def run_realtime(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: RealtimeOpti
                         reason = "run-for"
                         break
                     continue
-                cycle = last = run_cycle(rt, cache, store, clock, ships, opts, cycles + 1, fleet_read)
+                cycle = last = run_cycle(rt, cache, store, clock, ships, opts, cycles + 1, fleet_read, written)
                 cycles += 1
                 rows += cycle.rows_read
                 cells += sum(s.cells_written for s in cycle.ships)

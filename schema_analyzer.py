@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import text
+
 from errors import SchemaError, SchemaFileMissing, SourceError, StateError
+from narrow_source import READ_SETTINGS_SQL
 from runtime import Runtime
 from wide_layout import (
     PlannedPart,
@@ -147,6 +150,7 @@ def analyze_ship(
         if sample_hours is not None:
             newest = max(b[2] for b in bounds.values())
             since = newest - timedelta(hours=sample_hours)
+        conn.execute(text(READ_SETTINGS_SQL))  # by primary key, this ship's rows only (the last query here)
         counts = src.format_counts(conn, ship_id, since, channels)
 
     prev_map = previous.channel_map() if previous else {}

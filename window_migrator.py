@@ -24,7 +24,19 @@ from copy_reader import CopyReaderProcess
 from database import raw_cursor
 from errors import SchemaError
 from narrow_source import SourceTable
-from pivot import REASONS, NarrowBatch, PivotPlan, PivotResult, Rejects, encode_copy, hash_lookup, pivot, read_window
+from pivot import (
+    REASONS,
+    NarrowBatch,
+    PartRows,
+    PivotPlan,
+    PivotResult,
+    Rejects,
+    drop_unchanged,
+    encode_copy,
+    hash_lookup,
+    pivot,
+    read_window,
+)
 from runtime import Runtime
 from table_creator import add_channels, load_ship_layout, load_ship_layouts
 from wide_layout import TIME_COLUMN, short_hash
@@ -253,15 +265,48 @@ def migrate_window(
     return tally.finish(rt, source_conn)
 
 
+class WrittenRows:
+    """What the previous realtime cycle of this processor wrote, per (ship, table): its pivoted rows.
+
+    A cycle re-reads its lookback; the rows it finds exactly as the previous cycle wrote them are
+    not merged again (:func:`pivot.drop_unchanged`). Rows of a cycle count as written only once its
+    transaction has committed (:meth:`commit`); a failed one is forgotten (:meth:`discard`), and a
+    new processor starts empty, so it merges its whole first window.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], PartRows] = {}
+        self._staged: dict[tuple[str, str], PartRows] = {}
+
+    def before(self, ship_id: str, table: str) -> PartRows | None:
+        """The rows the last committed cycle wrote to ``table`` of ``ship_id``."""
+        return self._rows.get((ship_id, table))
+
+    def stage(self, ship_id: str, part: PartRows) -> None:
+        """Remember ``part`` as this cycle's rows of its table (taking effect at :meth:`commit`)."""
+        self._staged[(ship_id, part.table)] = part
+
+    def commit(self) -> None:
+        """The staged rows are in the wide tables now."""
+        self._rows.update(self._staged)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        """The staged rows did not commit."""
+        self._staged.clear()
+
+
 def merge_fleet(rt: Runtime, source_conn: Connection, target_conn: Connection,
-                items: list[tuple[PivotPlan, NarrowBatch]], start: datetime, end: datetime) -> list[WindowResult]:
+                items: list[tuple[PivotPlan, NarrowBatch]], start: datetime, end: datetime,
+                written: WrittenRows | None = None) -> list[WindowResult]:
     """Merge already read batches of many ships (each every row of its ship in ``[start, end)``).
 
     For the realtime fleet read (:func:`pivot.read_fleet_window`): every ship's parts are pivoted
     first, then merged with a constant number of statements plus one COPY per table
     (:func:`wide_writer.merge_many`). ``source_conn`` is the connection whose snapshot read the
     batches (the reject files read the full rows from it). The batches must hold no row of a
-    channel without a column (check ``batch.idx``).
+    channel without a column (check ``batch.idx``). With ``written``, rows exactly as the previous
+    cycle wrote them are left out (the caller commits or discards ``written`` with the transaction).
     """
     schema = rt.settings.target_schema
     tallies, payloads = [], []
@@ -269,7 +314,12 @@ def merge_fleet(rt: Runtime, source_conn: Connection, target_conn: Connection,
         tally = WindowTally(plan, start, end)
         t0 = time.monotonic()
         result = pivot(plan, batch)
-        for part in result.parts:
+        for whole in result.parts:
+            part = whole if written is None else drop_unchanged(whole, written.before(plan.ship_id, whole.table))
+            if written is not None:
+                written.stage(plan.ship_id, whole)
+            if part is None:
+                continue
             columns, payload = encode_copy(part, TIME_COLUMN)
             payloads.append((part.table, columns, payload))
             tally.cells += part.cells

@@ -94,7 +94,13 @@ from fleet_data import (  # noqa: E402
     insert_fleet_rows,
     seed_fleet,
 )
-from realtime_processor import CycleResult, RealtimeOptions, RealtimeResult, run_realtime  # noqa: E402
+from realtime_processor import (  # noqa: E402
+    CycleResult,
+    ProcessorMemory,
+    RealtimeOptions,
+    RealtimeResult,
+    run_realtime,
+)
 from runtime import Runtime, open_runtime  # noqa: E402
 from schema_analyzer import analyze_source  # noqa: E402
 from table_creator import create_tables  # noqa: E402
@@ -194,13 +200,13 @@ class RealtimeCase:
 
     @property
     def per_ship(self) -> float:
-        """Seconds of the run_realtime call per ship."""
-        return self.wall_seconds / self.ships
+        """Seconds of the cycle per ship."""
+        return self.cycle_seconds / self.ships
 
     @property
     def vs_raw(self) -> float | None:
-        """The run_realtime call over the raw COPY of its window."""
-        return self.wall_seconds / self.raw_seconds if self.raw_seconds else None
+        """The cycle over the raw COPY of its window."""
+        return self.cycle_seconds / self.raw_seconds if self.raw_seconds else None
 
 
 @dataclass
@@ -395,16 +401,21 @@ def backfill_section(bench: Bench, args: argparse.Namespace, report: Report) -> 
 # 3. realtime cycle cost
 
 
-def once(rt: Runtime) -> tuple[RealtimeResult, float]:
-    """One ``run_realtime(once=True)`` without signal handlers; the result and its wall seconds."""
-    result, seconds = _timed(run_realtime, rt, (), RealtimeOptions(once=True, install_signal_handlers=False))
+def once(rt: Runtime, memory: ProcessorMemory | None = None) -> tuple[RealtimeResult, float]:
+    """One ``run_realtime(once=True)`` without signal handlers; the result and its wall seconds.
+
+    With ``memory`` the cycle runs as the next cycle of a processor that keeps running (it has its
+    plans and knows what its previous cycle wrote); without, as a new process (cron's ``--once``).
+    """
+    result, seconds = _timed(run_realtime, rt, (), RealtimeOptions(once=True, install_signal_handlers=False),
+                             memory=memory)
     if not result.ok or result.last is None:
         errors = [s.error for s in result.last.ships if s.error] if result.last else ["no cycle"]
         raise RuntimeError(f"realtime cycle failed in {rt.settings.target_schema}: {errors[:3]}")
     return result, seconds
 
 
-def realtime_setup(rt: Runtime, spec: FleetSpec, case: RealtimeCase) -> list[datetime]:
+def realtime_setup(rt: Runtime, spec: FleetSpec, case: RealtimeCase, memory: ProcessorMemory | None) -> list[datetime]:
     """Seed, create every ship's tables, top the history up to the database's now, run the first cycle.
 
     Returns every window end, cutoff and watermark the first cycle left (the new minute goes after them).
@@ -417,7 +428,7 @@ def realtime_setup(rt: Runtime, spec: FleetSpec, case: RealtimeCase) -> list[dat
     with rt.dbs.source.begin() as conn:  # the seconds spent since the seed's end, as the collector wrote them
         case.topped_up_rows = insert_fleet_rows(conn, rt.source, spec, seed.end,
                                                 database_grid_now(conn, spec.interval_seconds))
-    first, case.first_seconds = once(rt)
+    first, case.first_seconds = once(rt, memory)
     assert first.last is not None
     case.first_rows = first.rows_read
     marks = [s.window_end for s in first.last.ships if s.window_end is not None]
@@ -430,9 +441,9 @@ def realtime_setup(rt: Runtime, spec: FleetSpec, case: RealtimeCase) -> list[dat
     return marks
 
 
-def timed_cycle(rt: Runtime, case: RealtimeCase, passes: int) -> None:
-    """Time the second once-cycle, then the raw COPY of the window it read (every ship, by created_time)."""
-    result, case.wall_seconds = once(rt)
+def timed_cycle(rt: Runtime, case: RealtimeCase, passes: int, memory: ProcessorMemory | None) -> None:
+    """Time the second cycle, then the raw COPY of the window it read (every ship, by created_time)."""
+    result, case.wall_seconds = once(rt, memory)
     assert result.last is not None
     cycle: CycleResult = result.last
     case.cycle_seconds = cycle.seconds
@@ -443,38 +454,39 @@ def timed_cycle(rt: Runtime, case: RealtimeCase, passes: int) -> None:
     case.window_start, case.window_end = min(starts), max(ends)
     case.raw_rows, case.raw_seconds, _ = raw_copy(rt, case.window_start, case.window_end, None, passes)
     log.info("realtime %d ship(s): cycle %.2f s (%.4f s per ship), %s rows read; raw COPY %.3f s of %s rows",
-             case.ships, case.wall_seconds, case.per_ship, f"{case.rows_read:,}", case.raw_seconds,
+             case.ships, case.cycle_seconds, case.per_ship, f"{case.rows_read:,}", case.raw_seconds,
              f"{case.raw_rows:,}")
 
 
 def realtime_section(bench: Bench, args: argparse.Namespace, report: Report) -> None:
     """Every size is set up first; one wait for the new minute; then the timed cycle of each size."""
-    rts: list[tuple[Runtime, FleetSpec, RealtimeCase]] = []
+    rts: list[tuple[Runtime, FleetSpec, RealtimeCase, ProcessorMemory | None]] = []
     marks: list[datetime] = []
     try:
         for n in args.realtime_ships:
             rt = bench.runtime(f"rt{n}")
             spec = FleetSpec(ships=n, channels=args.realtime_channels, hours=args.realtime_hours, seed=args.seed)
             case = RealtimeCase(ships=n, channels=args.realtime_channels)
-            rts.append((rt, spec, case))
-            marks += realtime_setup(rt, spec, case)
+            memory = None if args.once_cycles else ProcessorMemory()  # a running processor's, or none
+            rts.append((rt, spec, case, memory))
+            marks += realtime_setup(rt, spec, case, memory)
         new_start = ceil_to_grid(max(marks), INTERVAL_SECONDS)
         new_end = new_start + timedelta(seconds=NEW_SECONDS)
         settle = RealtimeOptions().settle_seconds
         log.info("new minute %s .. %s; waiting for the database's clock to pass it by %g s", new_start, new_end,
                  settle + SAFETY_SECONDS)
         waited = wait_for_db_time(bench.base.dbs.source, new_end + timedelta(seconds=settle + SAFETY_SECONDS))
-        for rt, spec, case in rts:
+        for rt, spec, case, _ in rts:
             with rt.dbs.source.begin() as conn:
                 case.new_rows = insert_fleet_rows(conn, rt.source, spec, new_start, new_end)
-        for rt, _, case in rts:
-            timed_cycle(rt, case, args.raw_passes)
+        for rt, _, case, memory in rts:
+            timed_cycle(rt, case, args.raw_passes, memory)
             report.realtime.append(case)
         report.realtime_setup = {"new_start": new_start, "new_end": new_end, "waited_seconds": round(waited, 1),
                                  "lookback_minutes": bench.settings.realtime_lookback_minutes,
-                                 "settle_seconds": settle}
+                                 "settle_seconds": settle, "once_cycles": args.once_cycles}
     finally:
-        for rt, _, _ in rts:
+        for rt, _, _, _ in rts:
             bench.done_with(rt)
 
 
@@ -713,10 +725,12 @@ def render_realtime(report: Report) -> list[str]:
     """The realtime cycle table."""
     rt = report.realtime
     s = report.realtime_setup
-    lines = [f"realtime: one once-cycle after {NEW_SECONDS} s of new rows per ship ({rt[0].channels} channels, "
-             f"lookback {s.get('lookback_minutes')} min); raw COPY of the same window, every ship"]
+    how = "as a new process (--once)" if s.get("once_cycles") else "the next cycle of a running processor"
+    lines = [f"realtime: one cycle, {how}, after {NEW_SECONDS} s of new rows per ship ({rt[0].channels} channels, "
+             f"lookback {s.get('lookback_minutes')} min); raw COPY of the same window, every ship",
+             "  (cycle s: the cycle itself; call s: the whole run_realtime call, with its start-up)"]
     header = (f"{'ships':>5} {'new rows':>9} {'rows read':>10} {'cycle s':>8} {'call s':>8} {'s/ship':>8} "
-              f"{'raw rows':>10} {'raw s':>7} {'call/raw':>8} {'first s':>8}")
+              f"{'raw rows':>10} {'raw s':>7} {'cyc/raw':>8} {'first s':>8}")
     lines += [header, "-" * len(header)]
     for c in rt:
         lines.append(f"{c.ships:>5} {c.new_rows:>9,} {c.rows_read:>10,} {c.cycle_seconds:>8.2f} "
@@ -812,6 +826,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-seconds", type=float, help="wait after the writer stops for the last cells (90)")
     p.add_argument("--raw-passes", type=int, default=2, help="raw COPY passes; the fastest is reported")
     p.add_argument("--seed", type=int, default=1, help="fleet_data seed (ship ids and values)")
+    p.add_argument("--once-cycles", action="store_true",
+                   help="time each realtime cycle as a new process (cron's --once) instead of a running processor")
     for section in ("backfill", "realtime", "freshness"):
         p.add_argument(f"--skip-{section}", action="store_true", help=f"do not measure the {section} section")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -463,3 +463,58 @@ def test_realtime_first_then_backfill_to_its_cutoff_with_a_writer_is_exact(runti
     assert report.ok, [s.message for s in report.ships]
     status = {s.ship_id: s.status for s in migration_status(runtime).ships}
     assert status == {s: "completed" for s in FLEET}
+
+
+@pytest.mark.slow
+def test_a_long_running_processor_skips_unchanged_rows_and_still_catches_every_change(runtime):
+    """Between cycles of one processor: new ticks, a late tick, a corrected value and a -0.0 for a 0.0,
+    all inside the lookback. Rows the previous cycle wrote unchanged are not merged again; every change is."""
+    fleet = make_fleet(runtime, hours=0.5)
+    src = runtime.source
+    run_backfill(runtime, (), _opts(cutoff_time=str(fleet.end), chunk_hours=1))
+    state = {"since": fleet.end, "step": 0}
+    cycles = []
+    decimal = next(c.channel_id for c in fleet.channels if c.value_format == "Decimal")
+
+    def between_cycles(cycle) -> None:
+        cycles.append(cycle)
+        state["step"] += 1
+        if state["step"] == 6:
+            return  # the processor stops after this cycle
+        time.sleep(1.1)
+        with runtime.dbs.source.begin() as conn:
+            newest = send_ticks(conn, src, fleet, state["since"])
+            prev_end = min(s.window_end for s in cycle.ships)
+            if state["step"] == 2:
+                send_late(conn, src, fleet, (prev_end - timedelta(minutes=4)).replace(microsecond=0)
+                          + timedelta(milliseconds=250))
+                conn.execute(text(f"UPDATE {src.sql} SET double_v = double_v + 0.5 WHERE data_channel_id = :c "
+                                  "AND created_time = (SELECT max(created_time) FROM {src} WHERE created_time < :e)"
+                                  .replace("{src}", src.sql)), {"c": decimal, "e": prev_end})
+            if state["step"] == 3:
+                conn.execute(text(f"UPDATE {src.sql} SET double_v = 0.0 WHERE data_channel_id = :c "
+                                  "AND ship_id = :s AND created_time = :t"),
+                             {"c": decimal, "s": FLEET[0], "t": newest})
+            if state["step"] == 4:
+                conn.execute(text(f"UPDATE {src.sql} SET double_v = '-0'::float8 WHERE data_channel_id = :c "
+                                  "AND ship_id = :s AND double_v = 0.0"), {"c": decimal, "s": FLEET[0]})
+        state["since"] = newest + SECOND
+
+    opts = RealtimeOptions(max_cycles=6, interval_minutes=0.01, install_signal_handlers=False, settle_seconds=0)
+    result = run_realtime(runtime, (), opts, on_cycle=between_cycles)
+    assert result.ok and result.cycles == 6, [s.error for s in result.last.ships]
+    # the first cycle merges its whole window; later ones only what is new or changed in it
+    steady = cycles[1:]
+    assert all(c.rows_read > 0 for c in steady)
+    assert sum(sum(s.cells_written for s in c.ships) for c in steady) < sum(c.rows_read for c in steady) / 3
+    for ship in FLEET:
+        diff = compare(runtime.dbs.source, runtime.settings, ship)
+        assert diff.exact and diff.actual > 0, (ship, diff)
+    with runtime.dbs.target.connect() as conn:
+        column = conn.execute(text(
+            f"SELECT table_name, column_name FROM {qualified(runtime.settings.target_schema, 'migrator_columns')} "
+            "WHERE ship_id = :s AND channel_id = :c"), {"s": FLEET[0], "c": decimal}).one()
+        signs = conn.execute(text(
+            f"SELECT count(*) FROM {qualified(runtime.settings.target_schema, column[0])} "
+            f"WHERE {qi(column[1])} = 0 AND text({qi(column[1])}) = '-0'")).scalar_one()
+    assert signs == 1  # the -0.0 replaced the 0.0 (compared bit for bit, not by value)
