@@ -32,7 +32,7 @@ from narrow_source import READ_SETTINGS_SQL, begin_snapshot_read
 from progress import LedgerProgress
 from runtime import Runtime, open_runtime
 from schema_analyzer import ShipSchema
-from table_creator import TABLES_META
+from table_creator import TABLES_META, load_ship_layouts
 from window_migrator import ShipPlanCache, UnknownChannels, migrate_window
 
 log = logging.getLogger(__name__)
@@ -497,26 +497,26 @@ def ship_status(ship_id: str, layout: ShipSchema | None, counts: dict[str, int],
                 record_count: int, newest: datetime | None, now: datetime, last_error: str | None) -> ShipStatus:
     """The status of one ship from what :func:`migration_status` read for the whole fleet."""
     tables = {p.table: len(p.channels) for p in layout.parts} if layout else {}
-    c = counts
-    total = sum(c.get(s, 0) for s in (PENDING, RUNNING, DONE, FAILED))
+    total = sum(counts.get(s, 0) for s in (PENDING, RUNNING, DONE, FAILED))
     watermark = state.watermark if state else None
     lag = None
     if watermark is not None and newest is not None:
         lag = max(0.0, (_as_comparable(now, newest) - newest).total_seconds())
     if total == 0:
         status = "not_started" if not record_count else "realtime_only"
-    elif c.get(FAILED, 0):
+    elif counts.get(FAILED, 0):
         status = "failed"
-    elif c.get(DONE, 0) == total:
+    elif counts.get(DONE, 0) == total:
         status = "completed"
     else:
         status = "in_progress"
     return ShipStatus(
-        ship_id=ship_id, status=status, tables=tables, chunks_total=total, chunks_done=c.get(DONE, 0),
-        chunks_failed=c.get(FAILED, 0), chunks_pending=c.get(PENDING, 0), chunks_running=c.get(RUNNING, 0),
-        percent=round(100.0 * c.get(DONE, 0) / total, 1) if total else 0.0,
-        rows_read=c.get("rows_read", 0), cells_written=c.get("cells_written", 0), record_count=record_count,
-        rejected=c.get("rejected", 0), cutoff=state.cutoff if state else None, watermark=watermark,
+        ship_id=ship_id, status=status, tables=tables, chunks_total=total, chunks_done=counts.get(DONE, 0),
+        chunks_failed=counts.get(FAILED, 0), chunks_pending=counts.get(PENDING, 0),
+        chunks_running=counts.get(RUNNING, 0),
+        percent=round(100.0 * counts.get(DONE, 0) / total, 1) if total else 0.0,
+        rows_read=counts.get("rows_read", 0), cells_written=counts.get("cells_written", 0), record_count=record_count,
+        rejected=counts.get("rejected", 0), cutoff=state.cutoff if state else None, watermark=watermark,
         lag_seconds=lag, last_error=last_error if total else None)
 
 
@@ -548,8 +548,6 @@ def migration_status(rt: Runtime, ship_ids: tuple[str, ...] = ()) -> StatusRepor
     The metadata, the ledger and the cutoff store are read once for the fleet; what is read per
     ship (its wide row count, its newest time, its last error) touches only that ship's rows.
     """
-    from table_creator import load_ship_layouts
-
     store = CutoffStore(rt.settings.cutoff_file)
     schema = rt.settings.target_schema
     with rt.dbs.source.connect() as sconn:
