@@ -55,6 +55,7 @@ from config import redact_url  # noqa: E402
 from data_migrator import BackfillOptions, run_backfill  # noqa: E402
 from database import qualified, raw_cursor  # noqa: E402
 from demo_data import DemoSpec, SeedResult, demo_channels, insert_rows, seed_demo  # noqa: E402
+from fleet_data import vacuum_analyze  # noqa: E402
 from narrow_source import VALUE_COLUMN  # noqa: E402
 from realtime_processor import RealtimeOptions, run_realtime  # noqa: E402
 from runtime import Runtime, open_runtime  # noqa: E402
@@ -153,18 +154,6 @@ def _rss_mb(who: int) -> float:
 
 # ----------------------------------------------------------------------------------------------
 # setup
-
-
-def vacuum_source(rt: Runtime) -> None:
-    """``VACUUM ANALYZE`` the fresh source so every reader finds settled pages (hint bits, visibility map)."""
-    raw = rt.dbs.source.raw_connection()
-    try:
-        raw.dbapi_connection.autocommit = True  # type: ignore[union-attr]
-        with raw.cursor() as cur:
-            cur.execute(f"VACUUM (ANALYZE) {rt.source.sql}")
-    finally:
-        raw.dbapi_connection.autocommit = False  # type: ignore[union-attr]
-        raw.close()
 
 
 def seed(rt: Runtime, ships: int, channels: int, days: float, end: datetime | None
@@ -547,7 +536,7 @@ def run(args: argparse.Namespace) -> Report:
         seeded, analysis = seed(rt, args.ships, args.channels, args.days, SEED_END)
         report.params["seeded_rows"] = seeded.rows
         report.params["seed_seconds"] = round(seeded.seconds, 2)
-        vacuum_source(rt)
+        vacuum_analyze(rt.dbs.source, rt.source)
 
         report.measures.append(raw_read(rt, seeded.ship_ids, seeded.rows, args.raw_passes))
         measure, report.backfill = tool_backfill(rt, seeded.end, args.workers, seeded.rows)
