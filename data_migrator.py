@@ -528,12 +528,22 @@ def wide_row_count(conn: Connection, schema: str, tables: list[str]) -> int:
     return int(conn.execute(text(f"SELECT count(*) FROM ({union}) u")).scalar_one())
 
 
+def newest_wide_times(conn: Connection, schema: str, tables: dict[str, list[str]]) -> dict[str, datetime | None]:
+    """The newest created_time of each ship's wide tables, in one statement (one index probe per table)."""
+    branches = [(ship, t) for ship, ts in tables.items() for t in ts]
+    if not branches:
+        return {}
+    union = " UNION ALL ".join(
+        f"SELECT CAST(:s{i} AS text) AS ship, (SELECT max(created_time) FROM {qualified(schema, t)}) AS t"
+        for i, (_, t) in enumerate(branches))
+    rows = conn.execute(text(f"SELECT ship, max(t) FROM ({union}) u GROUP BY ship"),
+                        {f"s{i}": ship for i, (ship, _) in enumerate(branches)}).all()
+    return dict(rows)  # type: ignore[arg-type]
+
+
 def newest_wide_time(conn: Connection, schema: str, tables: dict[str, int]) -> datetime | None:
     """The newest created_time in the given wide tables of one ship (``None`` when they are empty)."""
-    if not tables:
-        return None
-    union = " UNION ALL ".join(f"(SELECT max(created_time) AS t FROM {qualified(schema, t)})" for t in tables)
-    return conn.execute(text(f"SELECT max(t) FROM ({union}) u")).scalar()
+    return newest_wide_times(conn, schema, {"": list(tables)}).get("")
 
 
 def _as_comparable(now: datetime, other: datetime) -> datetime:
@@ -560,14 +570,14 @@ def migration_status(rt: Runtime, ship_ids: tuple[str, ...] = ()) -> StatusRepor
         layouts = load_ship_layouts(conn, schema, ships)
         has_ledger = ledger.exists(conn)
         counts = ledger.counts(conn, ships) if has_ledger else {}
+        tables = {s: [p.table for p in layouts[s].parts] if s in layouts else [] for s in ships}
+        newest = newest_wide_times(conn, schema, {s: tables[s] for s in ships
+                                                  if states.get(s) and states[s].watermark})
         report = []
         for ship in ships:
-            tables = [p.table for p in layouts[ship].parts] if ship in layouts else []
-            state = states.get(ship)
-            newest = newest_wide_time(conn, schema, dict.fromkeys(tables, 0)) if state and state.watermark else None
             error = ledger.last_error(conn, ship) if ship in counts else None
-            report.append(ship_status(ship, layouts.get(ship), counts.get(ship, {}), state,
-                                      wide_row_count(conn, schema, tables), newest, now, error))
+            report.append(ship_status(ship, layouts.get(ship), counts.get(ship, {}), states.get(ship),
+                                      wide_row_count(conn, schema, tables[ship]), newest.get(ship), now, error))
     return StatusReport(schema, tuple(report), now)
 
 

@@ -46,7 +46,8 @@ def begin_snapshot_read(conn: Connection) -> None:
 @contextmanager
 def ship_read_settings(cursor) -> Iterator[None]:
     """Within the block, ``cursor``'s transaction plans one ship's window reads by primary key (see
-    :data:`READ_SETTINGS_SQL`); the settings are reset after it."""
+    :data:`READ_SETTINGS_SQL`); the settings are reset after it. ``cursor``: a psycopg2 cursor
+    (:func:`database.raw_cursor` gives one on an SQLAlchemy connection)."""
     cursor.execute(READ_SETTINGS_SQL)
     try:
         yield

@@ -209,19 +209,9 @@ def _copy_sql(cur, query: str, params: dict) -> str:
 
 def _copy_out(cursor, query: str, params: dict, row_dtype: np.dtype, keys: tuple[str, ...],
               copy_out: Callable[[str], memoryview] | None = None) -> tuple[dict[str, np.ndarray], int]:
-    """Run the COPY into memory (``BytesIO.write`` is C: no Python frame per row) and decode it."""
-    if copy_out is not None:
-        return _decode_rows(copy_out(_copy_sql(cursor, query, params)), row_dtype, *keys)
-    buf = io.BytesIO()
-    try:
-        cursor.copy_expert(_copy_sql(cursor, query, params), buf)
-        view = buf.getbuffer()
-        try:
-            return _decode_rows(view, row_dtype, *keys)
-        finally:
-            view.release()
-    finally:
-        buf.close()
+    """Run the COPY (``copy_out``, else on ``cursor`` into memory) and decode it."""
+    run = copy_out or _local_copy_out(cursor)
+    return _decode_rows(run(_copy_sql(cursor, query, params)), row_dtype, *keys)
 
 
 def hash_lookup(cursor, plan: PivotPlan) -> tuple[np.ndarray, np.ndarray] | None:
@@ -298,7 +288,8 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
 
 
 def _local_copy_out(cursor) -> Callable[[str], memoryview]:
-    """A ``copy_out`` that runs the COPY on ``cursor`` itself, into memory."""
+    """A ``copy_out`` that runs the COPY on ``cursor`` itself, into memory (``BytesIO.write`` is C: no
+    Python frame per row)."""
     def run(copy_sql: str) -> memoryview:
         buf = io.BytesIO()
         cursor.copy_expert(copy_sql, buf)
@@ -381,14 +372,7 @@ def _read_text_rows(cursor, source_sql: str, plans: list[PivotPlan], start: date
             {f"ORDER BY m.p, {order_by}" if order_by else ""}"""
     params = {"start": start, "end": end, "tships": [x[1] for x in pairs], "tchs": [x[2] for x in pairs],
               "tpos": [x[0] for x in pairs], "tidx": [x[3] for x in pairs]}
-    if not pairs:
-        data = b""
-    elif copy_out is not None:
-        data = bytes(copy_out(_copy_sql(cursor, query, params)))
-    else:
-        buf = _CollectingSink()
-        cursor.copy_expert(_copy_sql(cursor, query, params), buf)
-        data = buf.getvalue()
+    data = bytes((copy_out or _local_copy_out(cursor))(_copy_sql(cursor, query, params))) if pairs else b""
     ts, plan_pos, idx, fmt, vals = _parse_text_rows(data)
     return (np.array(ts, dtype=np.int64), np.array(plan_pos, dtype=np.int32), np.array(idx, dtype=np.int32),
             np.array(fmt, dtype=np.int8), vals, len(data))
@@ -431,18 +415,6 @@ def _attach_text(batch: NarrowBatch, text_rows: tuple, mine: np.ndarray) -> None
     batch.text_fmt = fmt[mine]
     batch.text_values = [vals[i] for i in mine.tolist()]
     batch.bytes_read += size * mine.size // max(ts.size, 1)
-
-
-class _CollectingSink:
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self._parts.append(bytes(data))
-        return len(data)
-
-    def getvalue(self) -> bytes:
-        return b"".join(self._parts)
 
 
 @dataclass

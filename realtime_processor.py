@@ -26,8 +26,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from cutoff_store import CutoffStore
-from data_migrator import database_now, resolve_ships
-from database import qualified, raw_cursor
+from data_migrator import database_now, newest_wide_times, resolve_ships
+from database import raw_cursor
 from errors import LockHeld, MigratorError
 from lock_keys import realtime_key, take_write_locks
 from narrow_source import begin_snapshot_read
@@ -273,19 +273,6 @@ def ahead_rows(conn: Connection, rt: Runtime, ships: list[str], limit: datetime)
         f"""SELECT ship_id, count(*), max(created_time) FROM {rt.source.sql}
             WHERE created_time >= :lim AND ship_id = ANY(CAST(:s AS text[])) GROUP BY 1"""),
         {"lim": limit, "s": ships}).all()}
-
-
-def newest_wide_times(conn: Connection, schema: str, tables: dict[str, list[str]]) -> dict[str, datetime | None]:
-    """The newest created_time of each ship's wide tables, in one statement (one index probe per table)."""
-    branches = [(ship, t) for ship, ts in tables.items() for t in ts]
-    if not branches:
-        return {}
-    union = " UNION ALL ".join(
-        f"SELECT CAST(:s{i} AS text) AS ship, (SELECT max(created_time) FROM {qualified(schema, t)}) AS t"
-        for i, (_, t) in enumerate(branches))
-    rows = conn.execute(text(f"SELECT ship, max(t) FROM ({union}) u GROUP BY ship"),
-                        {f"s{i}": ship for i, (ship, _) in enumerate(branches)}).all()
-    return dict(rows)  # type: ignore[arg-type]
 
 
 def fleet_read_pays(rt: Runtime, ships: list[str]) -> bool:

@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import text
-
+from database import raw_cursor
 from errors import SchemaError, SchemaFileMissing, SourceError, StateError
-from narrow_source import READ_SETTINGS_SQL
+from narrow_source import ship_read_settings
 from runtime import Runtime
 from wide_layout import (
     PlannedPart,
@@ -150,8 +149,8 @@ def analyze_ship(
         if sample_hours is not None:
             newest = max(b[2] for b in bounds.values())
             since = newest - timedelta(hours=sample_hours)
-        conn.execute(text(READ_SETTINGS_SQL))  # by primary key, this ship's rows only (the last query here)
-        counts = src.format_counts(conn, ship_id, since, channels)
+        with ship_read_settings(raw_cursor(conn)):  # by primary key, this ship's rows only
+            counts = src.format_counts(conn, ship_id, since, channels)
 
     prev_map = previous.channel_map() if previous else {}
     infos: dict[str, dict] = {}

@@ -19,9 +19,9 @@ from sqlalchemy.engine import Connection
 from chunk_ledger import ChunkLedger
 from cutoff_store import CutoffStore
 from data_migrator import resolve_ships
-from database import qi, qualified
+from database import qi, qualified, raw_cursor
 from lock_keys import take_write_locks
-from narrow_source import READ_SETTINGS_SQL
+from narrow_source import ship_read_settings
 from pivot import PivotPlan
 from runtime import Runtime
 from table_creator import load_ship_layout
@@ -207,8 +207,8 @@ def compare_ship(rt: Runtime, ship_id: str, only: list[datetime] | None = None) 
     with rt.dbs.source.connect() as sconn:
         sconn.execute(text("SET TIME ZONE 'UTC'"))
         unmapped = unmapped_rows(sconn, rt, plan, lo, hi)
-        sconn.execute(text(READ_SETTINGS_SQL))  # the hourly sums by primary key (the last query here)
-        narrow = narrow_buckets(sconn, rt, plan, types, lo, hi)
+        with ship_read_settings(raw_cursor(sconn)):  # the hourly sums by primary key
+            narrow = narrow_buckets(sconn, rt, plan, types, lo, hi)
     diffs = []
     n_rows = n_cells = 0
     for b in buckets:
