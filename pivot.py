@@ -14,16 +14,18 @@
 from __future__ import annotations
 
 import io
+import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
-import pandas as pd
 
 from narrow_source import ship_read_settings
 from schema_analyzer import ShipSchema
+
+log = logging.getLogger(__name__)
 
 KIND_DOUBLE, KIND_BIGINT, KIND_BOOL, KIND_TEXT = 0, 1, 2, 3
 KIND_OF_TYPE = {"double precision": KIND_DOUBLE, "bigint": KIND_BIGINT, "boolean": KIND_BOOL, "text": KIND_TEXT}
@@ -43,6 +45,7 @@ REASONS = {
 }
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-01
+_PG_EPOCH = datetime(2000, 1, 1)
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _HEADER = _SIGNATURE + struct.pack(">ii", 0, 0)
 _TRAILER = struct.pack(">h", -1)
@@ -82,6 +85,29 @@ _FMT_SQL = ("CASE s.value_format WHEN 'Decimal' THEN 1 WHEN 'Integer' THEN 2 WHE
             "WHEN 'String' THEN 4 ELSE 0 END")
 _CODE_SQL = (f"(({_FMT_SQL}) + 8 * (s.double_v IS NULL)::int + 16 * (s.long_v IS NULL)::int "
              "+ 32 * (s.bool_v IS NULL)::int + 64 * coalesce(s.bool_v, false)::int)::int2")
+_HASH_ROW_SQL = (f"s.created_time, hashtextextended(s.data_channel_id, 0), {_CODE_SQL}, "
+                 "coalesce(s.double_v, 0), coalesce(s.long_v, 0)")
+_FLEET_ROW_SQL = ("s.created_time, hashtextextended(s.ship_id, 0), hashtextextended(s.data_channel_id, 0), "
+                  f"{_CODE_SQL}, coalesce(s.double_v, 0), coalesce(s.long_v, 0)")
+# The window read packs the rows of one created_time (and ship) by format: per format one byte
+# string of fixed-width records (channel hash, value), in the order of :data:`TICK_FORMATS`. A
+# String row carries no value here (text channels are read on their own; elsewhere it is a
+# reject). A row whose format is none of these, or whose value column is NULL, is in no record;
+# its tick is read again row by row (``count(*)`` tells).
+TICK_FORMATS = (
+    (FMT_DECIMAL, "Decimal", " || float8send(s.double_v)", np.dtype([("hash", ">i8"), ("v", ">f8")])),
+    (FMT_INTEGER, "Integer", " || int8send(s.long_v)", np.dtype([("hash", ">i8"), ("v", ">i8")])),
+    (FMT_BOOLEAN, "Boolean", " || boolsend(s.bool_v)", np.dtype([("hash", ">i8"), ("v", "u1")])),
+    (FMT_STRING, "String", "", np.dtype([("hash", ">i8")])),
+)
+
+
+def _tick_sql(with_ship: bool) -> str:
+    """The select list of a tick read: created_time, [ship hash,] row count, one record string per format."""
+    ship = "hashtextextended(s.ship_id, 0), " if with_ship else ""
+    return f"s.created_time, {ship}count(*)::int4, " + ", ".join(
+        f"string_agg(int8send(hashtextextended(s.data_channel_id, 0)){image}, '') "
+        f"FILTER (WHERE s.value_format = '{name}')" for _, name, image, _ in TICK_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -160,6 +186,7 @@ class NarrowBatch:
     text_fmt: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
     text_values: list[bytes | None] = field(default_factory=list)
     bytes_read: int = 0
+    may_repeat: bool = True  # False when a unique key rules out two rows of one cell (no duplicate check)
 
     @property
     def rows(self) -> int:
@@ -197,6 +224,99 @@ def _decode_rows(data: memoryview, row_dtype: np.dtype, *keys: str) -> tuple[dic
 
 _FIELD_TYPES = {"ts": np.int64, "idx": np.int32, "hash": np.int64, "ship": np.int64, "fmt": np.int8,
                 "d": np.float64, "l": np.int64, "b": bool, "nulls": np.int8}
+
+
+def ts_to_datetime(us: int, aware: bool) -> datetime:
+    """A binary COPY timestamp (microseconds since 2000-01-01) as a datetime (UTC when ``aware``)."""
+    value = _PG_EPOCH + timedelta(microseconds=int(us))
+    return value.replace(tzinfo=timezone.utc) if aware else value
+
+
+def _stream_start(data: memoryview) -> int:
+    """Where the first row of a binary COPY stream starts (after its header)."""
+    head = bytes(data[:19])
+    if len(head) < 19 or head[:11] != _SIGNATURE:
+        raise ValueError("not a PostgreSQL binary COPY stream")
+    return 19 + struct.unpack(">i", head[15:19])[0]
+
+
+def _decode_ticks(data: memoryview, with_ship: bool = False
+                  ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]], int]:
+    """Decode the rows of a tick read (:func:`_tick_sql`); returns (fields, ticks to read again, bytes).
+
+    One COPY row per created_time (and ship), its narrow rows packed by the server in fixed-width
+    records: a Python step per tick (thousands a window), none per value. A tick whose records
+    are fewer than its rows (an unknown format, a NULL value) is left out and returned, as
+    (created_time, ship hash or 0), for a row read.
+    """
+    try:
+        return _parse_ticks(data, with_ship)
+    except struct.error as exc:
+        raise ValueError(f"a cut binary COPY stream of {len(data)} bytes: {exc}") from exc
+
+
+def _parse_ticks(data: memoryview, with_ship: bool) -> tuple[dict[str, np.ndarray], list[tuple[int, int]], int]:
+    size = len(data)
+    if size == 0:
+        return _empty_fields("hash", "ship"), [], 0
+    pos = _stream_start(data)
+    head = struct.Struct(">hiqiqii" if with_ship else ">hiqii")  # nf, len, time, [len, ship,] len, count
+    ticks: list[tuple[int, int]] = []
+    packed: list[list[memoryview]] = [[] for _ in TICK_FORMATS]
+    counts: list[list[int]] = [[] for _ in TICK_FORMATS]
+    again: list[tuple[int, int]] = []
+    while struct.unpack_from(">h", data, pos)[0] != -1:
+        values = head.unpack_from(data, pos)
+        if values[0] != 2 + with_ship + len(TICK_FORMATS) or values[1] != 8 or values[-2] != 4:
+            raise ValueError(f"unexpected tick row in the binary COPY stream at byte {pos}")
+        pos += head.size
+        tick = (values[2], values[4] if with_ship else 0)
+        found, parts = 0, []
+        for k, (_, _, _, dtype) in enumerate(TICK_FORMATS):
+            (length,) = struct.unpack_from(">i", data, pos)
+            pos += 4
+            if length > 0:
+                if length % dtype.itemsize:
+                    raise ValueError(f"a tick record list of {length} bytes at byte {pos}")
+                parts.append((k, data[pos:pos + length], length // dtype.itemsize))
+                found += length // dtype.itemsize
+                pos += length
+        if found != values[-1]:
+            again.append(tick)
+            continue
+        ticks.append(tick)
+        for k in range(len(TICK_FORMATS)):
+            chunk = next((c for kk, c, _ in parts if kk == k), None)
+            packed[k].append(chunk if chunk is not None else memoryview(b""))
+            counts[k].append(next((n for kk, _, n in parts if kk == k), 0))
+    if pos + len(_TRAILER) != size:
+        raise ValueError(f"binary COPY stream of {size} bytes ends at byte {pos + len(_TRAILER)}")
+    return _tick_fields(ticks, counts, packed), again, size
+
+
+def _tick_fields(ticks: list[tuple[int, int]], counts: list[list[int]], packed: list[list[memoryview]]
+                 ) -> dict[str, np.ndarray]:
+    """The batch fields of the tick records, per format (the other value columns zero)."""
+    times = np.array([t for t, _ in ticks], dtype=np.int64)
+    ships = np.array([sh for _, sh in ticks], dtype=np.int64)
+    order = np.argsort(times, kind="stable")  # ticks come in the server's hash order; sorted, the pivot need not sort
+    groups = []
+    for k, (fmt, _, _, dtype) in enumerate(TICK_FORMATS):
+        n_of = np.array(counts[k], dtype=np.int64)[order]
+        recs = np.frombuffer(b"".join([packed[k][i] for i in order.tolist()]), dtype=dtype)
+        n = recs.size
+        values = recs["v"] if "v" in dtype.names else None
+        groups.append({
+            "ts": np.repeat(times[order], n_of),
+            "ship": np.repeat(ships[order], n_of),
+            "hash": recs["hash"].astype(np.int64),
+            "fmt": np.full(n, fmt, dtype=np.int8),
+            "nulls": np.zeros(n, dtype=np.int8),
+            "b": values.astype(bool) if fmt == FMT_BOOLEAN else np.zeros(n, dtype=bool),
+            "d": values.astype(np.float64) if fmt == FMT_DECIMAL else np.zeros(n, dtype=np.float64),
+            "l": values.astype(np.int64) if fmt == FMT_INTEGER else np.zeros(n, dtype=np.int64),
+        })
+    return {key: np.concatenate([g[key] for g in groups]) for key in groups[0]}
 
 
 def _empty_fields(*keys: str) -> dict[str, np.ndarray]:
@@ -252,10 +372,14 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
     whatever else the table holds (other ships, years of history). Rows of channels the plan does
     not know are not read here; the caller probes for them (:func:`window_migrator.unknown_channels_in`).
 
-    The server sends each row's channel as its 64-bit ``hashtextextended`` and the client maps the
-    hash to the channel index (a sorted-array search): this costs the server a fifth less than
-    joining every row against the channel list. When two of the plan's channels share a hash
-    (never seen; 2^-64 per pair), the read falls back to that join.
+    The server packs the rows of each created_time into one byte string of fixed-width records
+    (``string_agg`` of ``*send`` images: channel hash, format and NULL code, double, bigint), so
+    the COPY carries one row per tick, not per value: a day of 1,000 channels is 5,760 COPY rows
+    of 26 bytes a value instead of 5.76 million rows of 61, and the client decodes it with one
+    ``frombuffer`` (psycopg2 hands every COPY row to Python: per value, that was the client's
+    largest cost). The channel is its 64-bit ``hashtextextended``, mapped to the channel index by
+    a sorted-array search; when two of the plan's channels share a hash (never seen; 2^-64 per
+    pair) the read falls back to joining every row against the channel list.
     """
     params = {"ship": plan.ship_id, "start": start, "end": end, "chs": plan.numeric_channels}
     order_sql = f" ORDER BY {order_by}" if order_by else ""  # only for sources without a unique key
@@ -267,10 +391,10 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
     elif copy_out is None:  # here, on this connection: the planner settings around the read
         with ship_read_settings(cursor):
             return read_window(cursor, source_sql, plan, start, end, order_by, _local_copy_out(cursor))
-    elif lookup is not None:
-        numeric = f"""SELECT s.created_time, hashtextextended(s.data_channel_id, 0), {_CODE_SQL},
-                coalesce(s.double_v, 0), coalesce(s.long_v, 0)
-            FROM {source_sql} s {where}""" + order_sql
+    elif lookup is not None and order_by is None:
+        fields, size = _read_ticks(cursor, f"FROM {source_sql} s {where}", params, lookup, copy_out)
+    elif lookup is not None:  # a source without a unique key: the rows themselves, in the duplicate order
+        numeric = f"SELECT {_HASH_ROW_SQL} FROM {source_sql} s {where}" + order_sql
         fields, size = _copy_out(cursor, numeric, params, HASH_ROW_DTYPE, ("hash",), copy_out)
         fields["idx"] = _map_hashes(fields.pop("hash"), lookup)
     else:
@@ -280,11 +404,31 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
             {where}""" + order_sql
         join = dict(params, all=list(plan.channels), idx=list(range(len(plan.channels))))
         fields, size = _copy_out(cursor, numeric, join, ROW_DTYPE, ("idx",), copy_out)
-    batch = NarrowBatch(**fields, bytes_read=size)
+    batch = NarrowBatch(**fields, bytes_read=size, may_repeat=order_by is not None)
     if plan.text_indexes:
         text_rows = _read_text_rows(cursor, source_sql, [plan], start, end, order_by, copy_out)
         _attach_text(batch, text_rows, np.arange(text_rows[0].size))
     return batch
+
+
+def _read_ticks(cursor, from_where: str, params: dict, lookup: tuple[np.ndarray, np.ndarray],
+                copy_out: Callable[[str], memoryview] | None) -> tuple[dict[str, np.ndarray], int]:
+    """The rows of ``from_where`` packed by tick (:data:`_TICK_SQL`); ticks with a row in no record
+    (unknown format, NULL value: rejects, rare) are read again row by row."""
+    run = copy_out or _local_copy_out(cursor)
+    query = f"SELECT {_tick_sql(False)} {from_where} GROUP BY s.created_time"
+    fields, again, size = _decode_ticks(run(_copy_sql(cursor, query, params)))
+    del fields["ship"]
+    if again:
+        log.debug("%d tick(s) with a row in no record (a reject): read again row by row", len(again))
+        aware = params["start"].tzinfo is not None
+        rows = f"SELECT {_HASH_ROW_SQL} {from_where} AND s.created_time = ANY(%(again)s)"
+        more, more_size = _copy_out(cursor, rows, dict(params, again=[ts_to_datetime(t, aware) for t, _ in again]),
+                                    HASH_ROW_DTYPE, ("hash",), copy_out)
+        fields = {key: np.concatenate([fields[key], more[key]]) for key in fields}
+        size += more_size
+    fields["idx"] = _map_hashes(fields.pop("hash"), lookup)
+    return fields, size
 
 
 def _local_copy_out(cursor) -> Callable[[str], memoryview]:
@@ -320,12 +464,14 @@ def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: da
     if np.unique(ship_hash).size != ship_hash.size or any(lk is None for lk in lookups):
         return None
     params = {"ships": ship_ids, "start": start, "end": end}
-    query = f"""SELECT s.created_time, hashtextextended(s.ship_id, 0), hashtextextended(s.data_channel_id, 0),
-            {_CODE_SQL}, coalesce(s.double_v, 0), coalesce(s.long_v, 0)
-        FROM {source_sql} s
-        WHERE s.created_time >= %(start)s AND s.created_time < %(end)s AND s.ship_id = ANY(%(ships)s::text[])""" + (
-        f" ORDER BY {order_by}" if order_by else "")
-    fields, size = _copy_out(cursor, query, params, FLEET_ROW_DTYPE, ("ship", "hash"))
+    from_where = f"""FROM {source_sql} s
+        WHERE s.created_time >= %(start)s AND s.created_time < %(end)s AND s.ship_id = ANY(%(ships)s::text[])"""
+    if order_by is None:
+        with ship_read_settings(cursor):  # a hash aggregate in work_mem, no parallel workers, no JIT
+            fields, size = _read_fleet_ticks(cursor, from_where, params)
+    else:  # a source without a unique key: the rows themselves, in the duplicate order
+        fields, size = _copy_out(cursor, f"SELECT {_FLEET_ROW_SQL} {from_where} ORDER BY {order_by}", params,
+                                 FLEET_ROW_DTYPE, ("ship", "hash"))
     ship_order = np.argsort(ship_hash)
     pos = ship_order[np.searchsorted(ship_hash[ship_order], fields.pop("ship"))]
     rows_of = np.argsort(pos, kind="stable")  # stable: a ship's rows keep the read order (duplicates)
@@ -340,10 +486,30 @@ def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: da
         idx = _map_hashes(ship_fields.pop("hash"), lookups[k])  # type: ignore[arg-type]
         numeric = (idx < 0) | (plan.kind[np.maximum(idx, 0)] != KIND_TEXT)  # text channels: from their own read
         batch = NarrowBatch(**{name: v[numeric] for name, v in ship_fields.items()}, idx=idx[numeric],
-                            bytes_read=size * take.size // max(pos.size, 1))
+                            bytes_read=size * take.size // max(pos.size, 1), may_repeat=order_by is not None)
         _attach_text(batch, text_rows, text_of[text_bounds[k]:text_bounds[k + 1]])
         batches[plan.ship_id] = batch
     return batches
+
+
+def _read_fleet_ticks(cursor, from_where: str, params: dict) -> tuple[dict[str, np.ndarray], int]:
+    """The rows of ``from_where`` packed by tick and ship; the (tick, ship) pairs with a row in no
+    record (unknown format, NULL value: rejects, rare) are read again row by row."""
+    query = f"SELECT {_tick_sql(True)} {from_where} GROUP BY s.created_time, s.ship_id"
+    fields, again, size = _decode_ticks(_local_copy_out(cursor)(_copy_sql(cursor, query, params)), with_ship=True)
+    if again:
+        log.debug("%d (tick, ship) pair(s) with a row in no record (a reject): read again row by row", len(again))
+        aware = params["start"].tzinfo is not None
+        times = sorted({t for t, _ in again})
+        rows = f"SELECT {_FLEET_ROW_SQL} {from_where} AND s.created_time = ANY(%(again)s)"
+        more, more_size = _copy_out(cursor, rows, dict(params, again=[ts_to_datetime(t, aware) for t in times]),
+                                    FLEET_ROW_DTYPE, ("ship", "hash"))
+        wanted = set(again)  # the other ships' rows of those ticks are in the records already
+        mine = np.fromiter(((t, sh) in wanted for t, sh in zip(more["ts"].tolist(), more["ship"].tolist(),
+                                                                 strict=True)), dtype=bool, count=more["ts"].size)
+        fields = {key: np.concatenate([fields[key], more[key][mine]]) for key in fields}
+        size += more_size
+    return fields, size
 
 
 def _read_text_rows(cursor, source_sql: str, plans: list[PivotPlan], start: datetime, end: datetime,
@@ -473,27 +639,50 @@ class PivotResult:
         return int(np.unique(np.concatenate([p.ts for p in self.parts])).size)
 
 
-def _reasons(plan: PivotPlan, batch: NarrowBatch, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class _KnownRows:
+    """The numeric rows of a batch whose channel the plan knows (views when every row is known)."""
+
+    ts: np.ndarray
+    idx: np.ndarray
+    fmt: np.ndarray
+    nulls: np.ndarray
+    d: np.ndarray
+    l: np.ndarray  # noqa: E741 - the source column is long_v
+    b: np.ndarray
+
+    @classmethod
+    def of(cls, batch: NarrowBatch) -> tuple[_KnownRows, int]:
+        """The known rows of ``batch`` and the count of the others."""
+        known = batch.idx >= 0
+        if known.all():
+            return cls(batch.ts, batch.idx, batch.fmt, batch.nulls, batch.d, batch.l, batch.b), 0
+        return (cls(batch.ts[known], batch.idx[known], batch.fmt[known], batch.nulls[known], batch.d[known],
+                    batch.l[known], batch.b[known]), int((~known).sum()))
+
+
+def _reasons(plan: PivotPlan, rows: _KnownRows) -> tuple[np.ndarray, np.ndarray]:
     """Per known numeric row: the reject reason (0 = fine) and the kind of its column."""
-    idx = batch.idx[known]
-    fmt = batch.fmt[known]
-    nulls = batch.nulls[known]
-    kind = plan.kind[idx]
-    reason = np.zeros(idx.size, dtype=np.int8)
-    null_for_fmt = np.select(
-        [fmt == FMT_DECIMAL, fmt == FMT_INTEGER, fmt == FMT_BOOLEAN],
-        [(nulls & _NULL_D) != 0, (nulls & _NULL_L) != 0, (nulls & _NULL_B) != 0],
-        False,
-    )
-    reason[null_for_fmt] = 2
+    fmt = rows.fmt
+    kind = plan.kind[rows.idx]
+    reason = np.zeros(fmt.size, dtype=np.int8)
+    if rows.nulls.any():
+        nulls = rows.nulls
+        null_for_fmt = np.select(
+            [fmt == FMT_DECIMAL, fmt == FMT_INTEGER, fmt == FMT_BOOLEAN],
+            [(nulls & _NULL_D) != 0, (nulls & _NULL_L) != 0, (nulls & _NULL_B) != 0],
+            False,
+        )
+        reason[null_for_fmt] = 2
     reason[fmt == FMT_UNKNOWN] = 1
     reason[fmt == FMT_STRING] = 3
     ok = reason == 0
-    reason[ok & (fmt == FMT_BOOLEAN) & (kind != KIND_BOOL)] = 4
-    reason[ok & (fmt != FMT_BOOLEAN) & (kind == KIND_BOOL)] = 5
+    is_bool = fmt == FMT_BOOLEAN
+    reason[ok & is_bool & (kind != KIND_BOOL)] = 4
+    reason[ok & ~is_bool & (kind == KIND_BOOL)] = 5
     to_int = ok & (fmt == FMT_DECIMAL) & (kind == KIND_BIGINT)
     if to_int.any():
-        d = batch.d[known][to_int]
+        d = rows.d[to_int]
         with np.errstate(invalid="ignore"):
             fits = np.isfinite(d) & (np.floor(d) == d) & (d >= -(2.0**63)) & (d < 2.0**63)
         bad = np.flatnonzero(to_int)[~fits]
@@ -502,7 +691,7 @@ def _reasons(plan: PivotPlan, batch: NarrowBatch, known: np.ndarray) -> tuple[np
 
 
 def _reject_duplicates(t: np.ndarray, idx: np.ndarray, good: np.ndarray, reason: np.ndarray, n_channels: int) -> None:
-    """Mark all but the first row of a repeated (time, channel) as reason 7 (sources without a key)."""
+    """Mark all but the last row of a repeated (time, channel) as reason 7 (sources without a key)."""
     key = t[good].astype(np.int64) * max(n_channels, 1) + idx[good]
     if key.size == 0:
         return
@@ -518,100 +707,128 @@ def _reject_duplicates(t: np.ndarray, idx: np.ndarray, good: np.ndarray, reason:
 
 
 def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(values, return_inverse=True)`` by hashing: O(rows) plus a sort of the few distinct times.
+    """``np.unique(values, return_inverse=True)``, in O(rows) for the rows of a read.
 
-    A window holds millions of rows but only thousands of distinct timestamps, so hashing with
-    ``pandas.factorize`` and sorting the uniques is about ten times faster than sorting every row.
+    A read returns a window's rows in runs of one created_time (a tick's records, the heap's
+    time order), so the runs are found in one pass, and only their first values are sorted.
     """
-    codes, uniques = pd.factorize(values)
-    order = np.argsort(uniques, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return uniques[order], rank[codes]
+    if values.size == 0:
+        return values.copy(), np.empty(0, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
+    uniq, run_code = np.unique(values[starts], return_inverse=True)
+    return uniq, np.repeat(run_code.reshape(-1), np.diff(np.append(starts, values.size)))
+
+
+_MATRIX_DTYPE = {KIND_DOUBLE: np.float64, KIND_BIGINT: np.int64, KIND_BOOL: bool}
+_NO_GROUP = np.iinfo(np.int16).max
+
+
+def _kind_values(kind: int, rows: _KnownRows, sel: np.ndarray) -> np.ndarray:
+    """The cell values of the rows ``sel``, bound for columns of ``kind`` (already checked to fit)."""
+    if kind == KIND_BOOL:
+        return rows.b[sel]
+    fmt = rows.fmt[sel]
+    if kind == KIND_DOUBLE:
+        ints = fmt == FMT_INTEGER
+        return np.where(ints, rows.l[sel].astype(np.float64), rows.d[sel]) if ints.any() else rows.d[sel]
+    decs = fmt == FMT_DECIMAL
+    return np.where(decs, rows.d[sel].astype(np.int64, copy=False), rows.l[sel]) if decs.any() else rows.l[sel]
+
+
+def _groups(plan: PivotPlan, rows: _KnownRows, kind: np.ndarray, good: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """The good rows of each (part, column type), as row positions in read order (one stable sort)."""
+    key = plan.part[rows.idx].astype(np.int16) * 4 + kind
+    key[~good] = _NO_GROUP
+    order = np.argsort(key, kind="stable")  # a radix sort of small ints: O(rows)
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(key[good], minlength=len(plan.parts) * 4))))
+    return {(g // 4, g % 4): order[bounds[g]:bounds[g + 1]] for g in range(len(plan.parts) * 4)
+            if bounds[g + 1] > bounds[g]}
+
+
+def _numeric_matrices(plan: PivotPlan, rows: _KnownRows, groups: dict[tuple[int, int], np.ndarray],
+                      t_num: np.ndarray, n_ticks: int, p_i: int, rows_used: np.ndarray
+                      ) -> dict[int, tuple[np.ndarray, np.ndarray, tuple[str, ...]]]:
+    """The (values, valid, columns) matrix of each fixed-width column type of part ``p_i``."""
+    matrices = {}
+    for k, cols in plan.parts[p_i].columns.items():
+        if k == KIND_TEXT:
+            continue
+        sel = groups.get((p_i, k), np.empty(0, dtype=np.int64))
+        t = t_num[sel]
+        flat = t * len(cols) + plan.pos[rows.idx[sel]]  # one flat scatter, not a 2-D fancy index
+        m = np.zeros((n_ticks, len(cols)), dtype=_MATRIX_DTYPE[k])
+        valid = np.zeros((n_ticks, len(cols)), dtype=bool)
+        m.reshape(-1)[flat] = _kind_values(k, rows, sel)
+        valid.reshape(-1)[flat] = True
+        rows_used[t] = True
+        matrices[k] = (m, valid, cols)
+    return matrices
+
+
+def _text_cells(plan: PivotPlan, batch: NarrowBatch, text_reason: np.ndarray, t_txt: np.ndarray, p_i: int,
+                rows_used: np.ndarray, rejects: Rejects) -> dict[str, dict[int, bytes]]:
+    """The text cells of part ``p_i``: column -> {row: value}; a later row of a cell wins."""
+    cols = plan.parts[p_i].columns.get(KIND_TEXT)
+    text: dict[str, dict[int, bytes]] = {}
+    if cols is None:
+        return text
+    known = np.flatnonzero(batch.text_idx >= 0)  # t_txt holds the tick of each of these rows
+    ci = batch.text_idx[known]
+    mine = (text_reason[known] == 0) & (plan.part[ci] == p_i)
+    names = [cols[p] for p in plan.pos[ci[mine]].tolist()]
+    for j, name, row in zip(known[mine].tolist(), names, t_txt[mine].tolist(), strict=True):
+        prev = text.setdefault(name, {})
+        if row in prev:  # the earlier row of the same cell is the duplicate
+            rejects.add(batch.text_ts[j:j + 1], batch.text_idx[j:j + 1], np.array([7]), plan.channels)
+        prev[row] = batch.text_values[j]  # type: ignore[assignment]
+        rows_used[row] = True
+    return text
+
+
+def _used_rows(table: str, uniq: np.ndarray, matrices: dict, text: dict, rows_used: np.ndarray) -> PartRows | None:
+    """A part's rows without the ticks it has no cell in (None when it has none)."""
+    if rows_used.all():
+        return PartRows(table, uniq, matrices, text)
+    keep = np.flatnonzero(rows_used)
+    if keep.size == 0:
+        return None
+    remap = np.full(uniq.size, -1, dtype=np.int64)
+    remap[keep] = np.arange(keep.size)
+    matrices = {k: (m[keep], v[keep], cols) for k, (m, v, cols) in matrices.items()}
+    text = {c: {int(remap[r]): v for r, v in vals.items()} for c, vals in text.items()}
+    return PartRows(table, uniq[keep], matrices, text)
 
 
 def pivot(plan: PivotPlan, batch: NarrowBatch) -> PivotResult:
     """Scatter ``batch`` into one typed matrix per (part, column type); collect rejects."""
     rejects = Rejects()
-    known = batch.idx >= 0
-    unknown_rows = int((~known).sum())
-    reason, kind = _reasons(plan, batch, known)
-
+    rows, unknown_rows = _KnownRows.of(batch)
+    reason, kind = _reasons(plan, rows)
     text_known = batch.text_idx >= 0
     text_vals_ok = np.array([v is not None for v in batch.text_values], dtype=bool)
     text_reason = np.where(batch.text_fmt == FMT_UNKNOWN, 1, np.where(~text_vals_ok, 2, 0)).astype(np.int8)
 
-    all_ts = np.concatenate([batch.ts[known], batch.text_ts[text_known]])
-    uniq, codes = _sorted_codes(all_ts)
-    n_num = int(known.sum())
-    t_num, t_txt = codes[:n_num], codes[n_num:]
-
-    idx = batch.idx[known]
+    uniq, codes = _sorted_codes(np.concatenate([rows.ts, batch.text_ts[text_known]]))
+    t_num, t_txt = codes[:rows.ts.size], codes[rows.ts.size:]
     good = reason == 0
-    _reject_duplicates(t_num, idx, good, reason, len(plan.channels))
-
+    if batch.may_repeat:
+        _reject_duplicates(t_num, rows.idx, good, reason, len(plan.channels))
     bad = reason != 0
     if bad.any():
-        rejects.add(batch.ts[known][bad], idx[bad], reason[bad], plan.channels)
+        rejects.add(rows.ts[bad], rows.idx[bad], reason[bad], plan.channels)
     if (text_reason != 0).any():
         sel = text_reason != 0
         rejects.add(batch.text_ts[sel], batch.text_idx[sel], text_reason[sel], plan.channels)
 
-    fmt = batch.fmt[known]
-    d = batch.d[known]
-    lv = batch.l[known]
-    bv = batch.b[known]
-    part_of = plan.part[idx]
-    pos = plan.pos[idx]
+    groups = _groups(plan, rows, kind, good)
     parts: list[PartRows] = []
     for p_i, pc in enumerate(plan.parts):
-        in_part = good & (part_of == p_i)
         rows_used = np.zeros(uniq.size, dtype=bool)
-        matrices = {}
-        for k, cols in pc.columns.items():
-            if k == KIND_TEXT:
-                continue
-            sel = in_part & (kind == k)
-            t = t_num[sel]
-            c = pos[sel]
-            if k == KIND_DOUBLE:
-                vals = np.where(fmt[sel] == FMT_INTEGER, lv[sel].astype(np.float64), d[sel])
-                m = np.zeros((uniq.size, len(cols)), dtype=np.float64)
-            elif k == KIND_BIGINT:
-                vals = np.where(fmt[sel] == FMT_DECIMAL, d[sel].astype(np.int64, copy=False), lv[sel])
-                m = np.zeros((uniq.size, len(cols)), dtype=np.int64)
-            else:
-                vals = bv[sel]
-                m = np.zeros((uniq.size, len(cols)), dtype=bool)
-            valid = np.zeros((uniq.size, len(cols)), dtype=bool)
-            m[t, c] = vals
-            valid[t, c] = True
-            rows_used[t] = True
-            matrices[k] = (m, valid, cols)
-        text: dict[str, dict[int, bytes]] = {}
-        if KIND_TEXT in pc.columns:
-            cols = pc.columns[KIND_TEXT]
-            txt_sel = np.flatnonzero(text_known)
-            for n, j in enumerate(txt_sel):
-                if text_reason[j] != 0:
-                    continue
-                ci = int(batch.text_idx[j])
-                if plan.part[ci] != p_i:
-                    continue
-                row = int(t_txt[n])
-                prev = text.setdefault(cols[plan.pos[ci]], {})
-                if row in prev:  # a later row of the same cell wins; the earlier one is the duplicate
-                    rejects.add(batch.text_ts[j:j + 1], batch.text_idx[j:j + 1], np.array([7]), plan.channels)
-                prev[row] = batch.text_values[j]  # type: ignore[assignment]
-                rows_used[row] = True
-        keep = np.flatnonzero(rows_used)
-        if keep.size == 0:
-            continue
-        remap = np.full(uniq.size, -1, dtype=np.int64)
-        remap[keep] = np.arange(keep.size)
-        matrices = {k: (m[keep], v[keep], cols) for k, (m, v, cols) in matrices.items()}
-        text = {c: {int(remap[r]): v for r, v in vals.items()} for c, vals in text.items()}
-        parts.append(PartRows(pc.table, uniq[keep], matrices, text))
+        matrices = _numeric_matrices(plan, rows, groups, t_num, uniq.size, p_i, rows_used)
+        text = _text_cells(plan, batch, text_reason, t_txt, p_i, rows_used, rejects)
+        part = _used_rows(pc.table, uniq, matrices, text, rows_used)
+        if part is not None:
+            parts.append(part)
     return PivotResult(parts, rejects, unknown_rows, batch.rows)
 
 
@@ -670,7 +887,7 @@ _DENSE_TEXT_MAX = 512  # widest text cell (bytes) laid out densely; a block with
 
 
 def _encode_dense(fields: list[tuple[np.ndarray, np.ndarray, int]], texts: list[dict[int, bytes]],
-                  r0: int, r1: int) -> bytes:
+                  r0: int, r1: int, extra_fields: int = 0) -> bytes:
     """Binary COPY rows r0..r1: a dense layout, then one boolean compress.
 
     Every row is first laid out at full width (each fixed cell its length word and its w value
@@ -679,7 +896,7 @@ def _encode_dense(fields: list[tuple[np.ndarray, np.ndarray, int]], texts: list[
     dropped with one boolean compress. No Python loop per cell.
     """
     nb = r1 - r0
-    nf = sum(f[1].shape[1] for f in fields) + len(texts)
+    nf = sum(f[1].shape[1] for f in fields) + len(texts) + extra_fields  # extra: text cells the caller adds
     text_lens = [np.fromiter((len(v) for v in col.values()), dtype=np.int64, count=len(col)) for col in texts]
     text_width = [4 + (int(ln.max()) if ln.size else 0) for ln in text_lens]
     width = 2 + sum(f[1].shape[1] * (4 + f[2]) for f in fields) + sum(text_width)
@@ -693,9 +910,13 @@ def _encode_dense(fields: list[tuple[np.ndarray, np.ndarray, int]], texts: list[
         span = k * (4 + w)
         cells = dense[:, off:off + span].reshape(nb, k, 4 + w)  # a view: each row's span is contiguous
         v = valid[r0:r1]
-        cells[:, :, :4] = np.ascontiguousarray(np.where(v, w, -1), dtype=">i4").view(np.uint8).reshape(nb, k, 4)
+        full = bool(v.all())
+        if full:  # every cell has a value: one length word for all
+            cells[:, :, :4] = np.frombuffer(struct.pack(">i", w), dtype=np.uint8)
+        else:
+            cells[:, :, :4] = np.ascontiguousarray(np.where(v, w, -1), dtype=">i4").view(np.uint8).reshape(nb, k, 4)
         cells[:, :, 4:] = data[r0:r1]
-        if not v.all():
+        if not full:
             if keep is None:
                 keep = np.ones((nb, width), dtype=bool)
             keep[:, off:off + span].reshape(nb, k, 4 + w)[:, :, 4:] = v[:, :, None]
@@ -720,9 +941,31 @@ def _encode_dense(fields: list[tuple[np.ndarray, np.ndarray, int]], texts: list[
     return dense.tobytes() if keep is None else dense[keep].tobytes()
 
 
+def _encode_full(fields: list[tuple[np.ndarray, np.ndarray, int]], texts: list[dict[int, bytes]],
+                 r0: int, r1: int) -> bytes:
+    """Binary COPY rows r0..r1 whose fixed-width cells all have a value (a production ship's rows).
+
+    The fixed-width part of every row is laid out densely (no NULL to squeeze out), and each row
+    is joined with its few text cells: a Python step per text cell, none per fixed-width cell.
+    """
+    dense = _encode_dense(fields, [], r0, r1, extra_fields=len(texts))
+    width = len(dense) // (r1 - r0)
+    null = struct.pack(">i", -1)
+    pieces: list[bytes | memoryview] = []
+    view = memoryview(dense)
+    for r in range(r0, r1):
+        pieces.append(view[(r - r0) * width:(r - r0 + 1) * width])
+        for col in texts:
+            value = col.get(r)
+            pieces.append(null if value is None else struct.pack(">i", len(value)) + value)
+    return b"".join(pieces)
+
+
 def _encode_block(fields: list[tuple[np.ndarray, np.ndarray, int]], texts: list[dict[int, bytes]],
                   r0: int, r1: int) -> bytes:
     """Binary COPY rows r0..r1 of ``fields`` and ``texts`` (per column, this block's {row: value})."""
+    if texts and all(bool(v[r0:r1].all()) for _, v, _ in fields):
+        return _encode_full(fields, texts, r0, r1)
     if all(len(v) <= _DENSE_TEXT_MAX for col in texts for v in col.values()):
         return _encode_dense(fields, texts, r0, r1)
     nb = r1 - r0
@@ -776,9 +1019,11 @@ def encode_copy(part: PartRows, time_column: str, block_rows: int = 1024) -> tup
         present = np.flatnonzero(v.any(axis=0))
         if present.size == 0:
             continue
-        data = np.ascontiguousarray(m[:, present], dtype=_BE[kind])
+        if present.size < len(cols):  # else no column copy: one byte-swapping pass
+            m, v = m[:, present], v[:, present]
+        data = np.ascontiguousarray(m, dtype=_BE[kind])
         w = data.dtype.itemsize
-        fields.append((data.view(np.uint8).reshape(n, present.size, w), v[:, present], w))
+        fields.append((data.view(np.uint8).reshape(n, present.size, w), v, w))
         columns.extend(cols[i] for i in present)
     # each text column's values grouped by block once, so a block touches only its own values
     text_blocks: list[dict[int, dict[int, bytes]]] = []

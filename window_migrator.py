@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from pivot import (
     hash_lookup,
     pivot,
     read_window,
+    ts_to_datetime,
 )
 from runtime import Runtime
 from table_creator import add_channels, load_ship_layout, load_ship_layouts
@@ -44,7 +45,6 @@ from wide_writer import delete_window, merge_copy, merge_many, write_copy
 
 log = logging.getLogger(__name__)
 
-_PG_EPOCH = datetime(2000, 1, 1)
 READ_BLOCKS = 12  # a window is read in up to this many time blocks (pipelined with pivot and write)
 BLOCK_MIN = timedelta(minutes=30)  # never smaller blocks than this
 
@@ -74,12 +74,6 @@ class UnknownChannels(SchemaError):
         self.channels = channels
         super().__init__(f"ship {ship_id}: {len(channels)} channel(s) without a column: "
                          f"{', '.join(channels[:5])}{' ...' if len(channels) > 5 else ''}")
-
-
-def ts_to_datetime(us: int, aware: bool) -> datetime:
-    """A binary COPY timestamp (microseconds since 2000-01-01) as a datetime."""
-    value = _PG_EPOCH + timedelta(microseconds=int(us))
-    return value.replace(tzinfo=timezone.utc) if aware else value
 
 
 class ShipPlanCache:

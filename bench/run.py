@@ -1,27 +1,53 @@
-"""Reproducible benchmark of the narrow-to-wide migration: the tool against raw reads and hand-written SQL.
+"""Reproducible benchmark of the narrow-to-wide migration: the tool against raw reads, SQL pivots and peers.
 
 Run from the repository root::
 
-    python bench/run.py [--database-url URL] [--ships 2] [--channels 1000] [--days 1.0] [--workers 1]
-                        [--json-out bench/results.json] [--keep]
+    python bench/run.py [--database-url URL] [--shape production|demo] [--ships 1] [--channels 1000]
+                        [--days 1.0] [--workers 1] [--json-out bench/results.json] [--keep]
+                        [--skip-peers] [--peers NAME,...] [--peer-timeout 600] [--tool-timeout 3600]
 
 The database is ``--database-url``, else ``DATABASE_URL``, else the embedded PostgreSQL the tool
-starts itself (in a temporary folder). The script works in a fresh pair of schemas
-``bench_src_<hex>`` / ``bench_tgt_<hex>`` (plus a second small pair for the realtime cycle) and
-drops them at the end, also on error, unless ``--keep``.
+starts itself (in a temporary folder). The script works in fresh schemas ``bench_src_<hex>`` /
+``bench_tgt_<hex>``, ``bench_tgt_<hex>_proc`` (the tool process), ``bench_peer_<hex>`` (the peers'
+scratch tables) and a small pair for the realtime cycle, and drops them at the end, also on
+error, unless ``--keep``.
 
-What is measured, on the same seeded rows:
+The source (``--shape``): ``production`` (the default) is :func:`fleet_data.seed_fleet`: every
+value present, mixed formats, real channel ids, valid IMO ship ids, the rows of all ships
+interleaved in time order, only the production indexes, then ``VACUUM ANALYZE``; ``demo`` is
+:func:`demo_data.seed_demo` (one ship after the other, smooth values). Both end at the fixed
+:data:`SEED_END`, so every run seeds the same rows. The default, one ship-day of 1,000 channels,
+is 5.76 million narrow rows.
+
+What is measured, on those rows:
 
 1. **raw read**: per ship, ``COPY (SELECT time, channel, value as text ...) TO STDOUT`` into a sink
    that discards the data; the floor any migration that reads every row has to pay;
-2. **tool backfill**: :func:`data_migrator.run_backfill` (the real code path), with peak RSS and,
-   for one worker, the per-stage timings the backfill logs for every chunk;
-3. **SQL pivots** of one window of one ship: the obvious ``max(...) FILTER (WHERE channel = ...)``
-   per channel, and the best known ``jsonb_object_agg`` + ``jsonb_populate_record``;
-4. **realtime cycle**: one ``run_realtime(once=True)`` after one minute of new rows per ship.
+2. **tool backfill**: :func:`data_migrator.run_backfill` in this process (the real code path), with
+   the per-stage timings the backfill logs for every chunk;
+3. **tool process**: ``python main.py --mode migration-only --cutoff-time <seed end> --workers N``
+   as a user runs it, in its own process against fresh, empty wide tables (its own target schema,
+   an empty ledger, its own ``STATE_DIR``): the wall clock of the whole process, and the peak RSS of
+   the largest process of its tree (``os.wait4``: the tool and its reader helpers); the wide
+   tables' row counts are checked afterwards;
+4. **SQL pivots** of one window of one ship's first part: the obvious ``max(...) FILTER (WHERE
+   channel = ...)`` per channel, the best known ``jsonb_object_agg`` + ``jsonb_populate_record``, and
+   the ``tablefunc`` extension's ``crosstab(source_sql, category_sql)`` (n/a where the server has
+   no tablefunc);
+5. **peers** (:mod:`bench.peers`, each in its own process, so its peak RSS is its own):
+   connectorx + polars, connectorx + DuckDB, ADBC + pyarrow, ADBC + polars; each reads the same
+   ships and window as the tool, pivots with typed values and writes the tool's table split into
+   a scratch schema, whose tables are then checked (one row per created_time, one column per
+   channel, the tool's column types); a peer whose package is missing is n/a (``pip install -r
+   requirements-bench.txt``), one past ``--peer-timeout`` is timed out, a wrong shape is failed;
+6. **realtime cycle**: one ``run_realtime(once=True)`` after one minute of new rows per ship (a
+   small demo-shaped pair of its own).
 
-Rates are narrow rows per second; the ratios matter more than the absolute times. Logging goes to
-stderr, the results table to stdout and the same numbers as JSON to ``--json-out``.
+Rates are narrow rows per second; the ratios matter more than the absolute times: each measure
+against the raw read and against the fastest peer. Logging goes to stderr, the results table to
+stdout and the same numbers as JSON to ``--json-out``. For a profile of the tool process, ``pip
+install -r requirements-bench.txt`` also brings py-spy (``py-spy record -o profile.svg --
+python main.py ...``).
 """
 
 from __future__ import annotations
@@ -32,34 +58,40 @@ import logging
 import os
 import platform
 import resource
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import psycopg2  # noqa: E402
 from psycopg2 import errors as pg_errors  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from bench.common import clean_up, create_schemas, database_url, make_settings  # noqa: E402
+from bench.peers import MISSING_EXIT, PEERS  # noqa: E402
 from chunk_ledger import LEDGER  # noqa: E402
-from config import redact_url  # noqa: E402
+from config import DEFAULTS, redact_url  # noqa: E402
 from data_migrator import BackfillOptions, run_backfill  # noqa: E402
-from database import qualified, raw_cursor  # noqa: E402
-from demo_data import DemoSpec, SeedResult, demo_channels, insert_rows, seed_demo  # noqa: E402
-from fleet_data import vacuum_analyze  # noqa: E402
+from database import qi, qualified, raw_cursor  # noqa: E402
+from demo_data import DemoSpec, demo_channels, insert_rows, seed_demo  # noqa: E402
+from fleet_data import FleetSpec, seed_fleet, vacuum_analyze  # noqa: E402
 from narrow_source import VALUE_COLUMN  # noqa: E402
 from realtime_processor import RealtimeOptions, run_realtime  # noqa: E402
 from runtime import Runtime, open_runtime  # noqa: E402
-from schema_analyzer import SchemaAnalysis, analyze_source  # noqa: E402
+from schema_analyzer import SchemaAnalysis, ShipSchema, analyze_source  # noqa: E402
 from table_creator import create_tables, load_ship_layout  # noqa: E402
 from wide_layout import TIME_COLUMN  # noqa: E402
 
@@ -68,10 +100,22 @@ log = logging.getLogger("bench")
 SEED_END = datetime(2024, 10, 2)  # a fixed history end: every run seeds the same rows
 REALTIME_DAYS = 0.02  # history of the realtime pair (about 29 minutes)
 REALTIME_NEW_MINUTES = 1  # new rows inserted per ship before the timed realtime cycle
-INTERVAL_SECONDS = 15  # DemoSpec's default sampling interval
+INTERVAL_SECONDS = 15  # the sampling interval of both generators (their default)
+
+RAW = "raw read (COPY text, discard)"
+BACKFILL = "tool backfill (run_backfill)"
+TOOL_PROCESS = "tool process (main.py --mode migration-only)"
+OBVIOUS = "SQL pivot: obvious max() FILTER"
+JSONB = "SQL pivot: jsonb_object_agg"
+CROSSTAB = "SQL pivot: crosstab (tablefunc)"
+PEER_PREFIX = "peer: "
+NAME_WIDTH = 46
 
 # the aggregate and source column of the obvious pivot, per value_format
 _OBVIOUS_AGG = {"Decimal": "max", "Integer": "max", "Boolean": "bool_or", "String": "max"}
+# what the tool reads from the environment (config.load_settings): cleared for the tool process
+_CONFIG_VARS = (*DEFAULTS, "DATABASE_URL", "TARGET_DATABASE_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER",
+                "DB_PASSWORD")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,6 +130,8 @@ class Measure:
     rows: int | None = None
     seconds: float | None = None
     note: str = ""
+    rss_mb: float | None = None  # peak RSS of the measured process (tree), where known
+    peer: bool = False  # a client-side peer (a candidate for "the fastest peer")
 
     @property
     def rate(self) -> float | None:
@@ -94,14 +140,16 @@ class Measure:
             return None
         return self.rows / self.seconds
 
-    def as_dict(self, raw_rate: float | None) -> dict[str, Any]:
-        """The measure as JSON-ready numbers, with its ratio to the raw read rate."""
+    def as_dict(self, raw_rate: float | None, peer_rate: float | None) -> dict[str, Any]:
+        """The measure as JSON-ready numbers, with its ratios to the raw read and the fastest peer."""
         return {
             "name": self.name,
             "rows": self.rows,
             "seconds": None if self.seconds is None else round(self.seconds, 4),
             "rows_per_second": None if self.rate is None else round(self.rate, 1),
             "ratio_vs_raw_read": _ratio(self.rate, raw_rate),
+            "ratio_vs_fastest_peer": _ratio(self.rate, peer_rate),
+            "peak_rss_mb": self.rss_mb,
             "note": self.note,
         }
 
@@ -132,12 +180,24 @@ class Report:
     environment: dict[str, Any]
     measures: list[Measure] = field(default_factory=list)
     backfill: BackfillExtra = field(default_factory=BackfillExtra)
+    tool_process: dict[str, Any] = field(default_factory=dict)
+    peers: dict[str, Any] = field(default_factory=dict)
     pivot_window: dict[str, Any] = field(default_factory=dict)
     realtime: dict[str, Any] = field(default_factory=dict)
 
     def measure(self, name: str) -> Measure | None:
         """The measure called ``name``."""
         return next((m for m in self.measures if m.name == name), None)
+
+    def rate(self, name: str) -> float | None:
+        """Rows per second of the measure called ``name``, or ``None``."""
+        m = self.measure(name)
+        return m.rate if m else None
+
+    def fastest_peer(self) -> Measure | None:
+        """The client-side peer with the highest rate (``None`` when none ran)."""
+        timed = [m for m in self.measures if m.peer and m.rate is not None]
+        return max(timed, key=lambda m: m.rate or 0.0) if timed else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -148,22 +208,87 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _rss_mb(who: int) -> float:
     """Peak resident set size of this process (RUSAGE_SELF) or its waited-for children, in MB."""
-    kb = resource.getrusage(who).ru_maxrss  # kilobytes on Linux, bytes on macOS
-    return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+    return _kb_to_mb(resource.getrusage(who).ru_maxrss)
+
+
+def _kb_to_mb(maxrss: int) -> float:
+    """``ru_maxrss`` in MB (kilobytes on Linux, bytes on macOS)."""
+    return round(maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 # ----------------------------------------------------------------------------------------------
 # setup
 
 
-def seed(rt: Runtime, ships: int, channels: int, days: float, end: datetime | None
-         ) -> tuple[SeedResult, SchemaAnalysis]:
-    """Seed the source of ``rt``, analyse it and create its wide tables."""
-    spec = DemoSpec(ships=ships, channels=channels, days=days, end=end, offline_hours=0, late_channel_share=0)
-    result = seed_demo(rt.dbs.source, rt.source, spec)
+@dataclass(frozen=True)
+class Seeded:
+    """What the seed made, whichever generator made it."""
+
+    shape: str
+    ship_ids: tuple[str, ...]
+    rows: int
+    start: datetime
+    end: datetime
+    seconds: float
+
+
+def seed(rt: Runtime, shape: str, ships: int, channels: int, days: float, end: datetime
+         ) -> tuple[Seeded, SchemaAnalysis]:
+    """Seed the source of ``rt`` in ``shape`` (``VACUUM ANALYZE`` included), analyse it, create its wide tables."""
+    if shape == "production":
+        spec = FleetSpec(ships=ships, channels=channels, hours=days * 24, interval_seconds=INTERVAL_SECONDS, end=end)
+        r: Any = seed_fleet(rt.dbs.source, rt.source, spec)  # ends with VACUUM ANALYZE
+    else:
+        r = seed_demo(rt.dbs.source, rt.source, DemoSpec(ships=ships, channels=channels, days=days, end=end,
+                                                         offline_hours=0, late_channel_share=0))
+        vacuum_analyze(rt.dbs.source, rt.source)
+    seeded = Seeded(shape, tuple(r.ship_ids), r.rows, r.start, r.end, r.seconds)
     analysis = analyze_source(rt)
     create_tables(rt, analysis=analysis)
-    return result, analysis
+    return seeded, analysis
+
+
+def wide_rows_expected(rt: Runtime, seeded: Seeded) -> dict[str, int]:
+    """Per ship, the distinct created_times of its seeded rows: the rows each of its wide tables must hold.
+
+    (Both shapes give every channel a row at every tick, so every part of a ship has the same rows.)
+    """
+    with rt.dbs.source.connect() as conn:
+        rows = conn.execute(text(
+            f"SELECT ship_id, count(DISTINCT created_time) FROM {rt.source.sql} "
+            "WHERE created_time >= :a AND created_time < :b GROUP BY ship_id"),
+            {"a": seeded.start, "b": seeded.end}).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def ship_layouts(rt: Runtime, ship_ids: tuple[str, ...]) -> dict[str, ShipSchema]:
+    """The wide layout (parts, channels, column names) of each ship in ``rt``'s target."""
+    out = {}
+    with rt.dbs.target.connect() as conn:
+        for ship in ship_ids:
+            layout = load_ship_layout(conn, rt.settings.target_schema, ship)
+            if layout is None:
+                raise RuntimeError(f"ship {ship} has no wide tables in {rt.settings.target_schema}")
+            out[ship] = layout
+    return out
+
+
+def child_url(rt: Runtime, libpq: bool) -> str:
+    """The URL this run's engines use (the embedded server's too), for a child process; ``libpq``: no driver."""
+    url = rt.dbs.source.url
+    if not libpq:
+        return url.render_as_string(hide_password=False)
+    socket = url.query.get("host")
+    if url.host or not isinstance(socket, str):
+        return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    # the embedded server's socket (postgresql://u@/db?host=/dir): connectorx rejects an empty host and
+    # ignores ?host=, so the socket folder goes into the host, percent-encoded (libpq reads that too)
+    user = quote(url.username or "", safe="")
+    password = "" if url.password is None else ":" + quote(str(url.password), safe="")
+    port = f":{url.port}" if url.port else ""
+    query = urlencode({k: v for k, v in url.query.items() if k != "host"}, doseq=True)
+    return (f"postgresql://{user}{password}@{quote(socket, safe='')}{port}/{quote(url.database or '', safe='')}"
+            + (f"?{query}" if query else ""))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,7 +410,220 @@ def tool_backfill(rt: Runtime, cutoff: datetime, workers: int, seeded_rows: int)
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. hand-written SQL pivots
+# 3. the tool process and 5. the peers: child processes, timed whole
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """A finished (or killed) child process: exit code (``None`` when timed out), wall seconds, peak RSS."""
+
+    returncode: int | None
+    seconds: float
+    maxrss_mb: float
+    stdout: str
+    stderr: str
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        """The last lines of the child's stderr, on one line."""
+        return " | ".join(line.strip() for line in self.stderr.strip().splitlines()[-lines:])
+
+
+def run_child(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float | None) -> ChildRun:
+    """Run ``cmd`` in a new session; time its wall clock and take its rusage with ``os.wait4``.
+
+    ``wait4``'s ``ru_maxrss`` is the peak of the child and of every descendant it waited for (the
+    tool's reader helpers), so it is the largest process of the tree. Past ``timeout`` seconds the
+    child's process group is killed and the exit code is ``None``.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                start_new_session=True)
+        box: dict[str, Any] = {}
+
+        def reap() -> None:
+            box["wait"] = os.wait4(proc.pid, 0)
+            box["ended"] = time.perf_counter()
+
+        waiter = threading.Thread(target=reap, name=f"wait-{proc.pid}", daemon=True)
+        waiter.start()
+        waiter.join(timeout)
+        timed_out = waiter.is_alive()
+        if timed_out:
+            os.killpg(proc.pid, signal.SIGKILL)  # the child's own group (start_new_session)
+            waiter.join()
+        _, status, usage = box["wait"]
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        return ChildRun(None if timed_out else proc.returncode, box["ended"] - started, _kb_to_mb(usage.ru_maxrss),
+                        out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"))
+
+
+def tool_env(rt: Runtime) -> dict[str, str]:
+    """The environment of the tool process: this process's, with the tool's settings set to ``rt``'s."""
+    env = {k: v for k, v in os.environ.items() if k not in _CONFIG_VARS}
+    s = rt.settings
+    env.update(DATABASE_URL=child_url(rt, libpq=False), SOURCE_TABLE=f"{s.source_schema}.{s.source_table}",
+               TARGET_SCHEMA=s.target_schema, STATE_DIR=str(s.state_dir), CHUNK_HOURS=str(s.chunk_hours),
+               SOURCE_TIMEZONE=s.source_timezone)
+    return env
+
+
+def table_counts(rt: Runtime, schema: str, tables: list[str]) -> dict[str, int | None]:
+    """``count(*)`` of each table of ``schema`` (``None`` for a table that does not exist)."""
+    out: dict[str, int | None] = {}
+    with rt.dbs.target.connect() as conn:
+        for table in tables:
+            exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": qualified(schema, table)}).scalar()
+            out[table] = None if exists is None else int(
+                conn.execute(text(f"SELECT count(*) FROM {qualified(schema, table)}")).scalar_one())
+    return out
+
+
+def tool_process(rt_proc: Runtime, seeded: Seeded, expected: dict[str, int], workers: int, timeout: float
+                 ) -> tuple[Measure, dict[str, Any]]:
+    """Time ``main.py --mode migration-only`` in its own process on ``rt_proc``'s empty wide tables, then
+    check that every wide table holds its ship's rows."""
+    cmd = [sys.executable, str(ROOT / "main.py"), "--mode", "migration-only", "--cutoff-time", str(seeded.end),
+           "--workers", str(workers), "--json"]
+    state = rt_proc.settings.state_dir
+    state.mkdir(parents=True, exist_ok=True)  # also the working folder: no stray .env is read
+    log.info("timing the tool process: %s", " ".join(cmd[1:]))
+    child = run_child(cmd, tool_env(rt_proc), state, timeout)
+    info: dict[str, Any] = {"command": " ".join(cmd[1:]), "returncode": child.returncode,
+                            "seconds": round(child.seconds, 4), "peak_rss_mb": child.maxrss_mb}
+    if child.returncode is None:
+        return Measure(TOOL_PROCESS, note=f"n/a: timed out after {timeout:g} s"), info
+    try:
+        result = json.loads(child.stdout)
+    except ValueError:
+        result = {}
+    rows = result.get("rows_read")
+    info.update(rows_read=rows, failed_chunks=len(result.get("failed_chunks") or ()))
+    if child.returncode != 0 or rows is None:
+        return Measure(TOOL_PROCESS, note=f"failed: exit {child.returncode}: {child.stderr_tail()}"[:160]), info
+    layouts = ship_layouts(rt_proc, seeded.ship_ids)
+    wrong = []
+    for ship, layout in layouts.items():
+        counts = table_counts(rt_proc, rt_proc.settings.target_schema, [p.table for p in layout.parts])
+        wrong += [f"{t}: {n} rows, expected {expected.get(ship)}" for t, n in counts.items()
+                  if n != expected.get(ship)]
+    info["wide_tables_checked"] = sum(len(x.parts) for x in layouts.values())
+    if wrong or rows != seeded.rows:
+        problem = "; ".join(wrong) or f"read {rows:,} rows, seeded {seeded.rows:,}"
+        return Measure(TOOL_PROCESS, note=f"failed: {problem}"[:160]), info
+    note = f"{workers} worker(s), whole process, {info['wide_tables_checked']} wide table(s) checked"
+    return Measure(TOOL_PROCESS, rows, child.seconds, note, rss_mb=child.maxrss_mb), info
+
+
+def peer_args(rt: Runtime, scratch: str, seeded: Seeded, layouts: dict[str, ShipSchema]) -> dict[str, Any]:
+    """The arguments file of :mod:`bench.peers`: URL, source, scratch schema, each ship's window and parts."""
+    ships = []
+    for ship in seeded.ship_ids:
+        columns = layouts[ship].channel_map()
+        parts = [{"table": p.table, "columns": [[ch, columns[ch].column] for ch in p.channels]}
+                 for p in layouts[ship].parts]
+        ships.append({"ship_id": ship, "start": str(seeded.start), "end": str(seeded.end), "parts": parts})
+    return {"url": child_url(rt, libpq=True), "source_schema": rt.settings.source_schema,
+            "source_table": rt.settings.source_table, "target_schema": scratch, "ships": ships}
+
+
+def table_columns(rt: Runtime, schema: str, table: str) -> dict[str, str]:
+    """Column name -> data type of ``schema.table`` (empty when it does not exist)."""
+    with rt.dbs.target.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = :s AND table_name = :t"), {"s": schema, "t": table}).all()
+    return {r[0]: r[1] for r in rows}
+
+
+def check_peer_tables(rt: Runtime, scratch: str, layouts: dict[str, ShipSchema], expected: dict[str, int],
+                      time_type: str) -> str | None:
+    """What is wrong with the tables a peer wrote (rows, columns, types against the tool's layout), or ``None``."""
+    for ship, layout in layouts.items():
+        columns = layout.channel_map()
+        counts = table_counts(rt, scratch, [p.table for p in layout.parts])
+        for part in layout.parts:
+            if counts[part.table] != expected.get(ship):
+                return f"{part.table}: {counts[part.table]} rows, expected {expected.get(ship)}"
+            want = {TIME_COLUMN: time_type} | {columns[ch].column: columns[ch].pg_type for ch in part.channels}
+            got = table_columns(rt, scratch, part.table)
+            if len(got) != len(want):
+                return f"{part.table}: {len(got)} columns, expected {len(want)}"
+            bad = [f"{c} {got.get(c)} (not {t})" for c, t in want.items() if got.get(c) != t]
+            if bad:
+                return f"{part.table}: {len(bad)} column(s) missing or mistyped, e.g. {bad[0]}"
+    return None
+
+
+def _peer_result(child: ChildRun, timeout: float) -> tuple[dict[str, Any], str | None]:
+    """The peer's JSON (empty when it printed none) and why it is not timed (``None``: it ran)."""
+    try:
+        data = json.loads(child.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        data = {}
+    if child.returncode is None:
+        return data, f"n/a: timed out after {timeout:g} s"
+    if child.returncode == MISSING_EXIT or data.get("missing"):
+        return data, f"n/a: pip install -r requirements-bench.txt (no module {data.get('missing', '?')})"
+    if child.returncode != 0 or not data.get("ok"):
+        return data, f"failed: {data.get('error') or child.stderr_tail()}"
+    return data, None
+
+
+def _reset_schema(rt: Runtime, schema: str, create: bool) -> None:
+    """Drop ``schema`` with everything in it and, if ``create``, create it empty."""
+    with rt.dbs.target.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {qi(schema)} CASCADE"))
+        if create:
+            conn.execute(text(f"CREATE SCHEMA {qi(schema)}"))
+
+
+def run_peer(rt: Runtime, name: str, args_file: Path, check: dict[str, Any], timeout: float
+             ) -> tuple[Measure, dict[str, Any]]:
+    """Run one peer in its own process into a fresh scratch schema; time it, check its tables, drop them."""
+    scratch = check["scratch"]
+    _reset_schema(rt, scratch, create=True)
+    log.info("timing peer %s", name)
+    cmd = [sys.executable, str(ROOT / "bench" / "peers.py"), name, "--args-file", str(args_file)]
+    child = run_child(cmd, dict(os.environ), ROOT, timeout)
+    data, why = _peer_result(child, timeout)
+    info = {"returncode": child.returncode, "wall_seconds": round(child.seconds, 4), "peak_rss_mb": child.maxrss_mb,
+            **{k: data[k] for k in ("read", "pivot", "write", "narrow_rows", "tables") if k in data}}
+    if why is None:
+        why = check_peer_tables(rt, scratch, check["layouts"], check["expected"], check["time_type"])
+        if why is None and data.get("narrow_rows") != check["rows"]:
+            why = f"read {data.get('narrow_rows')} rows, seeded {check['rows']}"
+        why = None if why is None else f"failed: {why}"
+    _reset_schema(rt, scratch, create=False)
+    info["status"] = why or "ok"
+    mname = PEER_PREFIX + name
+    if why is not None:
+        log.warning("peer %s: %s", name, why)
+        return Measure(mname, note=why[:160], peer=True), info
+    note = (f"read {data['read']:.2f} + pivot {data['pivot']:.2f} + write {data['write']:.2f} s "
+            "in-process; seconds: whole process")
+    return Measure(mname, data["narrow_rows"], child.seconds, note, rss_mb=child.maxrss_mb, peer=True), info
+
+
+def peers(rt: Runtime, names: list[str], scratch: str, seeded: Seeded, expected: dict[str, int],
+          time_type: str, tmp: Path, timeout: float) -> tuple[list[Measure], dict[str, Any]]:
+    """Run each named peer on every seeded ship and window, writing the tool's table split."""
+    layouts = ship_layouts(rt, seeded.ship_ids)
+    args_file = tmp / "peer-args.json"
+    args_file.write_text(json.dumps(peer_args(rt, scratch, seeded, layouts)), encoding="utf-8")
+    check = {"scratch": scratch, "layouts": layouts, "expected": expected, "time_type": time_type,
+             "rows": seeded.rows}
+    measures, info = [], {}
+    for name in names:
+        measure, info[name] = run_peer(rt, name, args_file, check, timeout)
+        measures.append(measure)
+    return measures, info
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. hand-written SQL pivots
 
 
 def _dominant_format(formats: dict[str, int]) -> str:
@@ -308,90 +646,180 @@ def _timed(conn: Any, statement: sql.Composable, timeout_s: float) -> float | No
     return seconds
 
 
-def sql_pivots(rt: Runtime, analysis: SchemaAnalysis, seed_result: SeedResult, hours: float,
-               timeout_s: float) -> tuple[Measure, Measure, dict[str, Any]]:
-    """Time the obvious FILTER pivot and the jsonb pivot on one window of the first ship's first part."""
-    ship = seed_result.ship_ids[0]
-    end = seed_result.end
-    start = max(seed_result.start, end - timedelta(hours=hours))
-    schema = rt.settings.target_schema
-    with rt.dbs.target.connect() as conn:
-        layout = load_ship_layout(conn, schema, ship)
-    if layout is None:
-        raise RuntimeError(f"ship {ship} has no wide tables")
-    part = layout.parts[0]
-    columns = layout.channel_map()
-    formats = {c.channel_id: c.formats for c in analysis.ship(ship).channels}
-    chans = list(part.channels)
-    src = sql.Identifier(rt.settings.source_schema, rt.settings.source_table)
-    where = sql.SQL("s.ship_id = {ship} AND s.created_time >= {start} AND s.created_time < {end}").format(
-        ship=sql.Literal(ship), start=sql.Literal(start), end=sql.Literal(end))
+@dataclass(frozen=True)
+class PivotWindow:
+    """The window, ship and part the SQL pivots work on, and the pieces of SQL they share."""
 
+    ship: str
+    start: datetime
+    end: datetime
+    layout: ShipSchema
+    formats: dict[str, dict[str, int]]  # channel -> value_format -> rows, from the analysis
+    time_type: str
+    target_schema: str
+    src: sql.Composable
+    where: sql.Composable
+
+    @property
+    def part(self) -> Any:
+        """The first part of the ship (the one every SQL pivot builds)."""
+        return self.layout.parts[0]
+
+    @property
+    def channels(self) -> list[str]:
+        """The channels of that part, in column order."""
+        return list(self.part.channels)
+
+    def column(self, channel: str) -> str:
+        """The wide column of ``channel``."""
+        return self.layout.channel_map()[channel].column
+
+
+def pivot_window(rt: Runtime, analysis: SchemaAnalysis, seeded: Seeded, hours: float) -> PivotWindow:
+    """The last ``hours`` of the first ship, its first part."""
+    ship = seeded.ship_ids[0]
+    start = max(seeded.start, seeded.end - timedelta(hours=hours))
+    layout = ship_layouts(rt, (ship,))[ship]
+    where = sql.SQL("s.ship_id = {ship} AND s.created_time >= {start} AND s.created_time < {end}").format(
+        ship=sql.Literal(ship), start=sql.Literal(start), end=sql.Literal(seeded.end))
+    return PivotWindow(ship, start, seeded.end, layout, {c.channel_id: c.formats for c in analysis.ship(ship).channels},
+                       analysis.time_type, rt.settings.target_schema,
+                       sql.Identifier(rt.settings.source_schema, rt.settings.source_table), where)
+
+
+def obvious_sql(w: PivotWindow) -> sql.Composable:
+    """``max(value) FILTER (WHERE channel = ...)`` per channel, grouped by created_time, into a temp table."""
     aggs = []
-    for ch in chans:
-        fmt = _dominant_format(formats.get(ch, {}))
+    for ch in w.channels:
+        fmt = _dominant_format(w.formats.get(ch, {}))
         aggs.append(sql.SQL("{agg}(s.{col}) FILTER (WHERE s.data_channel_id = {ch}) AS {alias}").format(
             agg=sql.SQL(_OBVIOUS_AGG[fmt]), col=sql.Identifier(VALUE_COLUMN[fmt]), ch=sql.Literal(ch),
-            alias=sql.Identifier(columns[ch].column)))
-    obvious = sql.SQL(
+            alias=sql.Identifier(w.column(ch))))
+    return sql.SQL(
         "CREATE TEMP TABLE bench_obvious AS SELECT s.created_time AS {tc}, {aggs} FROM {src} s "
         "WHERE {where} AND s.data_channel_id = ANY({chs}) GROUP BY s.created_time"
-    ).format(tc=sql.Identifier(TIME_COLUMN), aggs=sql.SQL(", ").join(aggs), src=src, where=where,
-             chs=sql.Literal(chans))
+    ).format(tc=sql.Identifier(TIME_COLUMN), aggs=sql.SQL(", ").join(aggs), src=w.src, where=w.where,
+             chs=sql.Literal(w.channels))
 
+
+def jsonb_sql(w: PivotWindow) -> sql.Composable:
+    """``jsonb_object_agg`` per created_time, then ``jsonb_populate_record`` of the part's row type."""
     value = sql.SQL("CASE s.value_format WHEN 'Decimal' THEN to_jsonb(s.double_v) WHEN 'Integer' THEN "
                     "to_jsonb(s.long_v) WHEN 'Boolean' THEN to_jsonb(s.bool_v) ELSE to_jsonb(s.str_v) END")
-    best = sql.SQL(
+    return sql.SQL(
         "CREATE TEMP TABLE bench_best AS SELECT r.* FROM ("
         "SELECT s.created_time, jsonb_object_agg(m.col, {value}) AS j FROM {src} s "
         "JOIN unnest({chs}::text[], {cols}::text[]) AS m(ch, col) ON m.ch = s.data_channel_id "
         "WHERE {where} GROUP BY s.created_time) g "
         "CROSS JOIN LATERAL jsonb_populate_record(NULL::{row}, g.j || jsonb_build_object({tc}, g.created_time)) r"
-    ).format(value=value, src=src, chs=sql.Literal(chans), cols=sql.Literal([columns[c].column for c in chans]),
-             where=where, row=sql.Identifier(schema, part.table), tc=sql.Literal(TIME_COLUMN))
+    ).format(value=value, src=w.src, chs=sql.Literal(w.channels), cols=sql.Literal([w.column(c) for c in w.channels]),
+             where=w.where, row=sql.Identifier(w.target_schema, w.part.table), tc=sql.Literal(TIME_COLUMN))
 
-    raw = rt.dbs.source.raw_connection()
+
+def crosstab_sql(w: PivotWindow, conn: Any, ext_schema: str) -> sql.Composable:
+    """tablefunc's ``crosstab(source_sql, category_sql)``: rows ordered by created_time, the value as text
+    (crosstab builds its rows from text), one category per channel of the part, typed by the column list."""
+    value = sql.SQL("CASE s.value_format WHEN 'Decimal' THEN s.double_v::text WHEN 'Integer' THEN s.long_v::text "
+                    "WHEN 'Boolean' THEN s.bool_v::text ELSE s.str_v END")
+    source = sql.SQL("SELECT s.created_time, s.data_channel_id, {value} FROM {src} s "
+                     "WHERE {where} AND s.data_channel_id = ANY({chs}) ORDER BY 1").format(
+        value=value, src=w.src, where=w.where, chs=sql.Literal(w.channels)).as_string(conn)
+    categories = sql.SQL("SELECT unnest({chs}::text[])").format(chs=sql.Literal(w.channels)).as_string(conn)
+    types = w.layout.channel_map()
+    coldefs = [sql.SQL("{} {}").format(sql.Identifier(TIME_COLUMN), sql.SQL(w.time_type))]
+    coldefs += [sql.SQL("{} {}").format(sql.Identifier(w.column(ch)), sql.SQL(types[ch].pg_type)) for ch in w.channels]
+    return sql.SQL("CREATE TEMP TABLE bench_crosstab AS SELECT * FROM {fn}({source}, {categories}) AS ct({cols})"
+                   ).format(fn=sql.Identifier(ext_schema, "crosstab"), source=sql.Literal(source),
+                            categories=sql.Literal(categories), cols=sql.SQL(", ").join(coldefs))
+
+
+def tablefunc_schema(raw: Any, schema: str) -> tuple[str | None, str]:
+    """``CREATE EXTENSION IF NOT EXISTS tablefunc`` (into ``schema``, dropped with it, when it is not installed
+    yet); returns the schema that holds it, or ``None`` and why."""
     try:
         with raw.cursor() as cur:
-            cur.execute(sql.SQL("SELECT count(*), count(DISTINCT s.created_time) FROM {src} s "
-                                "WHERE {where} AND s.data_channel_id = ANY({chs})").format(
-                src=src, where=where, chs=sql.Literal(chans)))
-            covered, wide_rows = cur.fetchone()
+            cur.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS tablefunc SCHEMA {}").format(sql.Identifier(schema)))
+            cur.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                        "WHERE e.extname = 'tablefunc'")
+            found = cur.fetchone()
+        raw.commit()
+    except psycopg2.Error as exc:
         raw.rollback()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return None, f"n/a: no tablefunc extension ({first})"
+    return (found[0], "") if found else (None, "n/a: tablefunc not found after CREATE EXTENSION")
+
+
+def _window_counts(raw: Any, w: PivotWindow) -> tuple[int, int]:
+    """Narrow rows and distinct created_times of the window's part."""
+    with raw.cursor() as cur:
+        cur.execute(sql.SQL("SELECT count(*), count(DISTINCT s.created_time) FROM {src} s "
+                            "WHERE {where} AND s.data_channel_id = ANY({chs})").format(
+            src=w.src, where=w.where, chs=sql.Literal(w.channels)))
+        covered, wide_rows = cur.fetchone()
+    raw.rollback()
+    return int(covered), int(wide_rows)
+
+
+def _pivot_measure(raw: Any, name: str, statement: sql.Composable, rows: int, span: str, timeout_s: float
+                   ) -> Measure:
+    """Time one SQL pivot; a timeout or an SQL error becomes an n/a note."""
+    log.info("timing %s", name)
+    try:
+        seconds = _timed(raw, statement, timeout_s)
+    except psycopg2.Error as exc:
+        raw.rollback()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("%s failed: %s", name, first)
+        return Measure(name, rows, None, f"failed: {first}"[:160])
+    log.info("%s: %s", name, "timed out" if seconds is None else f"{seconds:.2f} s")
+    return Measure(name, rows, seconds, span if seconds is not None else f"n/a: timed out after {timeout_s:g} s")
+
+
+def sql_pivots(rt: Runtime, analysis: SchemaAnalysis, seeded: Seeded, hours: float, timeout_s: float
+               ) -> tuple[list[Measure], dict[str, Any]]:
+    """Time the obvious FILTER pivot, the jsonb pivot and crosstab on one window of the first ship's first part."""
+    w = pivot_window(rt, analysis, seeded, hours)
+    raw = rt.dbs.source.raw_connection()
+    try:
+        dbapi = raw.dbapi_connection
+        covered, wide_rows = _window_counts(dbapi, w)
         log.info("pivot window %s .. %s of ship %s, part %s: %d of %d channel(s), %s narrow rows, %s wide rows",
-                 start, end, ship, part.table, len(chans), len(columns), f"{covered:,}", f"{wide_rows:,}")
-        log.info("timing the obvious FILTER pivot (%d aggregates)", len(chans))
-        t_obvious = _timed(raw.dbapi_connection, obvious, timeout_s)
-        log.info("obvious pivot: %s", "timed out" if t_obvious is None else f"{t_obvious:.2f} s")
-        log.info("timing the jsonb_object_agg + jsonb_populate_record pivot")
-        t_best = _timed(raw.dbapi_connection, best, timeout_s)
-        log.info("jsonb pivot: %s", "timed out" if t_best is None else f"{t_best:.2f} s")
+                 w.start, w.end, w.ship, w.part.table, len(w.channels), len(w.layout.channels), f"{covered:,}",
+                 f"{wide_rows:,}")
+        span = f"{(w.end - w.start).total_seconds() / 3600:g} h, part 1 of {len(w.layout.parts)}"
+        measures = [_pivot_measure(dbapi, OBVIOUS, obvious_sql(w), covered, span, timeout_s),
+                    _pivot_measure(dbapi, JSONB, jsonb_sql(w), covered, span, timeout_s)]
+        ext_schema, why = tablefunc_schema(dbapi, rt.settings.source_schema)
+        if ext_schema is None:
+            log.warning("crosstab not measured: %s", why)
+            measures.append(Measure(CROSSTAB, covered, None, why[:160]))
+        else:
+            measures.append(_pivot_measure(dbapi, CROSSTAB, crosstab_sql(w, dbapi, ext_schema), covered, span,
+                                           timeout_s))
     finally:
         raw.close()
-    window = {"ship_id": ship, "start": str(start), "end": str(end), "table": part.table,
-              "parts": len(layout.parts), "channels_in_part": len(chans), "channels_total": len(columns),
-              "narrow_rows": covered, "wide_rows": wide_rows}
-    span = f"{(end - start).total_seconds() / 3600:g} h, part 1 of {len(layout.parts)}"
-    return (Measure("SQL pivot: obvious max() FILTER", covered, t_obvious,
-                    span if t_obvious is not None else f"n/a: timed out after {timeout_s:g} s"),
-            Measure("SQL pivot: jsonb_object_agg", covered, t_best,
-                    span if t_best is not None else f"n/a: timed out after {timeout_s:g} s"),
-            window)
+    window = {"ship_id": w.ship, "start": str(w.start), "end": str(w.end), "table": w.part.table,
+              "parts": len(w.layout.parts), "channels_in_part": len(w.channels),
+              "channels_total": len(w.layout.channels), "narrow_rows": covered, "wide_rows": wide_rows}
+    return measures, window
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. one realtime cycle
+# 6. one realtime cycle
 
 
 def realtime_cycle(rt2: Runtime, ships: int, channels: int) -> tuple[Measure, dict[str, Any]]:
-    """Seed a short history ending just before the database's now, set the watermark with one cycle,
-    insert one minute of new rows per ship and time a second cycle."""
+    """Seed a short demo-shaped history ending just before the database's now, set the watermark with one
+    cycle, insert one minute of new rows per ship and time a second cycle."""
     with rt2.dbs.source.connect() as conn:
         now = conn.execute(text(
             "SELECT to_timestamp(floor(extract(epoch FROM now()) / :iv) * :iv) AT TIME ZONE 'UTC'"),
             {"iv": INTERVAL_SECONDS}).scalar_one()
     history_end = now - timedelta(minutes=REALTIME_NEW_MINUTES + 1)
-    seeded, _ = seed(rt2, ships, channels, REALTIME_DAYS, history_end)
+    seeded = seed_demo(rt2.dbs.source, rt2.source, DemoSpec(ships=ships, channels=channels, days=REALTIME_DAYS,
+                                                            end=history_end, offline_hours=0, late_channel_share=0))
+    create_tables(rt2, analysis=analyze_source(rt2))
     opts = RealtimeOptions(once=True, install_signal_handlers=False)
     first = run_realtime(rt2, (), opts)
     if not first.ok:
@@ -424,52 +852,71 @@ def _fmt(value: float | int | None, spec: str) -> str:
 
 def render(report: Report) -> str:
     """The results as a plain text table followed by the headline ratios."""
-    raw = report.measure("raw read (COPY text, discard)")
-    raw_rate = raw.rate if raw else None
-    header = f"{'measure':<38} {'rows':>12} {'seconds':>9} {'rows/s':>12} {'vs raw':>7}  note"
+    raw_rate = report.rate(RAW)
+    fastest = report.fastest_peer()
+    peer_rate = fastest.rate if fastest else None
+    header = (f"{'measure':<{NAME_WIDTH}} {'rows':>11} {'seconds':>8} {'rows/s':>11} {'vs raw':>7} "
+              f"{'vs peer':>7} {'RSS MB':>7}  note")
     lines = [header, "-" * len(header)]
     for m in report.measures:
-        lines.append(f"{m.name:<38} {_fmt(m.rows, ',d'):>12} {_fmt(m.seconds, '.2f'):>9} "
-                     f"{_fmt(m.rate, ',.0f'):>12} {_fmt(_ratio(m.rate, raw_rate), '.3f'):>7}  {m.note}")
+        lines.append(f"{m.name:<{NAME_WIDTH}} {_fmt(m.rows, ',d'):>11} {_fmt(m.seconds, '.2f'):>8} "
+                     f"{_fmt(m.rate, ',.0f'):>11} {_fmt(_ratio(m.rate, raw_rate), '.3f'):>7} "
+                     f"{_fmt(_ratio(m.rate, peer_rate), '.3f'):>7} {_fmt(m.rss_mb, ',.0f'):>7}  {m.note}")
+    lines.append("")
+    lines.append("vs raw: rows/s over the raw read's; vs peer: over the fastest peer's "
+                 f"({fastest.name[len(PEER_PREFIX):] if fastest else 'none ran'}); "
+                 "RSS MB: peak RSS of the largest process of the measured process tree")
     lines.append("")
     for key, value in ratios(report).items():
-        lines.append(f"{key:<24} {_fmt(value, '.3f')}")
-    b = report.backfill
+        lines.append(f"{key:<30} {_fmt(value, '.3f')}")
     lines.append("")
-    lines.append(f"backfill peak RSS: this process {b.rss_self_peak_mb:.0f} MB (before the backfill "
-                 f"{b.rss_self_before_mb:.0f} MB); largest worker or reader process "
-                 f"{'n/a' if b.rss_children_peak_mb is None else f'{b.rss_children_peak_mb:.0f} MB'}")
+    lines += render_backfill(report.backfill)
+    return "\n".join(lines)
+
+
+def render_backfill(b: BackfillExtra) -> list[str]:
+    """The in-process backfill's memory, stages and output."""
+    lines = [f"backfill (in-process) peak RSS: this process {b.rss_self_peak_mb:.0f} MB (before the backfill "
+             f"{b.rss_self_before_mb:.0f} MB); largest worker or reader process "
+             f"{'n/a' if b.rss_children_peak_mb is None else f'{b.rss_children_peak_mb:.0f} MB'}"]
     if b.stages:
         lines.append(f"backfill stages over {b.stages['chunks']} chunk(s): read {b.stages['read_seconds']:.2f} s, "
                      f"pivot {b.stages['pivot_seconds']:.2f} s, write {b.stages['write_seconds']:.2f} s "
                      f"(ledger chunk seconds {_fmt(b.chunk_seconds_sum, '.2f')})")
     lines.append(f"backfill wrote {b.wide_rows:,} wide rows, {b.cells_written:,} cells, {b.rejected:,} rejects")
-    return "\n".join(lines)
+    return lines
 
 
 def ratios(report: Report) -> dict[str, float | None]:
-    """tool/raw, tool/obvious pivot and tool/best pivot, by rows per second."""
-    def rate(name: str) -> float | None:
-        m = report.measure(name)
-        return m.rate if m else None
-
-    tool = rate("tool backfill (run_backfill)")
+    """The headline ratios, by rows per second."""
+    tool = report.rate(BACKFILL)
+    process = report.rate(TOOL_PROCESS)
+    fastest = report.fastest_peer()
+    peer = fastest.rate if fastest else None
     return {
-        "tool / raw read": _ratio(tool, rate("raw read (COPY text, discard)")),
-        "tool / obvious pivot": _ratio(tool, rate("SQL pivot: obvious max() FILTER")),
-        "tool / best pivot": _ratio(tool, rate("SQL pivot: jsonb_object_agg")),
+        "tool / raw read": _ratio(tool, report.rate(RAW)),
+        "tool / obvious pivot": _ratio(tool, report.rate(OBVIOUS)),
+        "tool / best pivot": _ratio(tool, report.rate(JSONB)),
+        "tool / crosstab pivot": _ratio(tool, report.rate(CROSSTAB)),
+        "tool / fastest peer": _ratio(tool, peer),
+        "tool process / raw read": _ratio(process, report.rate(RAW)),
+        "tool process / fastest peer": _ratio(process, peer),
     }
 
 
 def write_json(report: Report, path: Path) -> None:
     """Write the report as JSON (the folder is created)."""
-    raw = report.measure("raw read (COPY text, discard)")
+    fastest = report.fastest_peer()
+    raw_rate, peer_rate = report.rate(RAW), fastest.rate if fastest else None
     data = {
         "params": report.params,
         "environment": report.environment,
-        "measures": [m.as_dict(raw.rate if raw else None) for m in report.measures],
+        "measures": [m.as_dict(raw_rate, peer_rate) for m in report.measures],
         "ratios": ratios(report),
+        "fastest_peer": fastest.name[len(PEER_PREFIX):] if fastest else None,
         "backfill": asdict(report.backfill),
+        "tool_process": report.tool_process,
+        "peers": report.peers,
         "pivot_window": report.pivot_window,
         "realtime": report.realtime,
     }
@@ -482,27 +929,41 @@ def write_json(report: Report, path: Path) -> None:
 # main
 
 
+def _peer_names(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
+    return names
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL, else the embedded server)")
-    p.add_argument("--ships", type=int, default=2)
+    p.add_argument("--shape", choices=("production", "demo"), default="production",
+                   help="the source: fleet_data.seed_fleet (production-shaped) or demo_data.seed_demo")
+    p.add_argument("--ships", type=int, default=1)
     p.add_argument("--channels", type=int, default=1000)
     p.add_argument("--days", type=float, default=1.0)
-    p.add_argument("--workers", type=int, default=1, help="backfill worker processes")
+    p.add_argument("--workers", type=int, default=1, help="backfill worker processes (in-process and tool process)")
     p.add_argument("--json-out", type=Path, default=Path("bench/results.json"))
     p.add_argument("--keep", action="store_true", help="keep the schemas (and an embedded server's data)")
     p.add_argument("--raw-passes", type=int, default=2, help="raw read passes; the fastest is reported")
     p.add_argument("--pivot-hours", type=float, default=24.0, help="window of the SQL pivots")
     p.add_argument("--pivot-timeout", type=float, default=1800.0, help="seconds before a SQL pivot is given up")
+    p.add_argument("--tool-timeout", type=float, default=3600.0, help="seconds before the tool process is killed")
+    p.add_argument("--skip-peers", action="store_true", help="do not run the peers")
+    p.add_argument("--peers", type=_peer_names, default=list(PEERS), help=f"peers to run (default: {','.join(PEERS)})")
+    p.add_argument("--peer-timeout", type=float, default=600.0, help="seconds before a peer is reported timed out")
     p.add_argument("--skip-realtime", action="store_true", help="do not measure the realtime cycle")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     for name in ("ships", "channels", "workers", "raw_passes"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.days <= 0 or args.pivot_hours <= 0:
-        p.error("--days and --pivot-hours must be positive")
+    if min(args.days, args.pivot_hours, args.peer_timeout, args.tool_timeout) <= 0:
+        p.error("--days, --pivot-hours, --peer-timeout and --tool-timeout must be positive")
     return args
 
 
@@ -517,46 +978,87 @@ def environment(rt: Runtime) -> dict[str, Any]:
             "platform": platform.platform(), "cpus": os.cpu_count(), "started": datetime.now().isoformat()}
 
 
+@dataclass(frozen=True)
+class Schemas:
+    """The schemas of one run."""
+
+    src: str
+    tgt: str
+    proc: str  # the tool process's target
+    peer: str  # the peers' scratch tables
+    src_rt: str
+    tgt_rt: str
+
+    @classmethod
+    def new(cls) -> Schemas:
+        """A fresh set, named ``bench_*_<hex>``."""
+        tag = uuid.uuid4().hex[:10]
+        return cls(f"bench_src_{tag}", f"bench_tgt_{tag}", f"bench_tgt_{tag}_proc", f"bench_peer_{tag}",
+                   f"bench_src_{tag}_rt", f"bench_tgt_{tag}_rt")
+
+    def all(self) -> list[str]:
+        """Every schema of the run (the source last: dropping it also drops a tablefunc installed there)."""
+        return [self.tgt, self.proc, self.peer, self.src_rt, self.tgt_rt, self.src]
+
+
+def measure_all(rt: Runtime, args: argparse.Namespace, names: Schemas, tmp: Path, report: Report) -> None:
+    """Seed, then every measure in order, into ``report``."""
+    url = rt.settings.database_url
+    log.info("seeding %s-shaped %d ship(s) x %d channel(s) x %g day(s) into %s", args.shape, args.ships,
+             args.channels, args.days, names.src)
+    seeded, analysis = seed(rt, args.shape, args.ships, args.channels, args.days, SEED_END)
+    report.params.update(seeded_rows=seeded.rows, seed_seconds=round(seeded.seconds, 2),
+                         ship_ids=list(seeded.ship_ids), seed_start=str(seeded.start))
+    expected = wide_rows_expected(rt, seeded)
+
+    report.measures.append(raw_read(rt, seeded.ship_ids, seeded.rows, args.raw_passes))
+    measure, report.backfill = tool_backfill(rt, seeded.end, args.workers, seeded.rows)
+    report.measures.append(measure)
+
+    rt_proc = Runtime(settings=make_settings(url, names.src, names.proc, tmp), dbs=rt.dbs)
+    create_tables(rt_proc, analysis=analysis)  # fresh, empty wide tables; an empty ledger and STATE_DIR
+    measure, report.tool_process = tool_process(rt_proc, seeded, expected, args.workers, args.tool_timeout)
+    report.measures.append(measure)
+
+    pivots, report.pivot_window = sql_pivots(rt, analysis, seeded, args.pivot_hours, args.pivot_timeout)
+    report.measures += pivots
+
+    if args.skip_peers:
+        report.measures += [Measure(PEER_PREFIX + n, note="skipped", peer=True) for n in args.peers]
+    else:
+        measures, report.peers = peers(rt, args.peers, names.peer, seeded, expected, analysis.time_type, tmp,
+                                       args.peer_timeout)
+        report.measures += measures
+
+    if args.skip_realtime:
+        report.measures.append(Measure("realtime cycle (run_realtime once)", note="skipped"))
+        return
+    rt2 = Runtime(settings=make_settings(url, names.src_rt, names.tgt_rt, tmp), dbs=rt.dbs)
+    try:
+        measure, report.realtime = realtime_cycle(rt2, args.ships, args.channels)
+    except Exception as exc:  # noqa: BLE001 - the realtime figure is optional; report n/a, keep the rest
+        log.warning("realtime cycle not measured: %s", exc, exc_info=args.verbose)
+        measure = Measure("realtime cycle (run_realtime once)", note=f"n/a: {type(exc).__name__}: {exc}"[:120])
+    report.measures.append(measure)
+
+
 def run(args: argparse.Namespace) -> Report:
     """Set up, measure everything, and clean up (in a ``finally``)."""
     url = database_url(args.database_url)
     tmp = Path(tempfile.mkdtemp(prefix="bench-migrator-"))
-    tag = uuid.uuid4().hex[:10]
-    src, tgt = f"bench_src_{tag}", f"bench_tgt_{tag}"
-    src2, tgt2 = f"bench_src_{tag}_rt", f"bench_tgt_{tag}_rt"
-    schemas = [src, tgt, src2, tgt2]
-    settings = make_settings(url, src, tgt, tmp)
+    names = Schemas.new()
+    settings = make_settings(url, names.src, names.tgt, tmp)
     rt = open_runtime(settings, "narrow-to-wide-bench")
     report = Report(params={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                             if k != "database_url"}, environment=environment(rt))
-    report.params.update({"source_schema": src, "target_schema": tgt, "seed_end": str(SEED_END)})
+    report.params.update({"source_schema": names.src, "target_schema": names.tgt,
+                          "tool_process_schema": names.proc, "seed_end": str(SEED_END)})
     try:
-        create_schemas(rt.dbs.source, schemas)
-        log.info("seeding %d ship(s) x %d channel(s) x %g day(s) into %s", args.ships, args.channels, args.days, src)
-        seeded, analysis = seed(rt, args.ships, args.channels, args.days, SEED_END)
-        report.params["seeded_rows"] = seeded.rows
-        report.params["seed_seconds"] = round(seeded.seconds, 2)
-        vacuum_analyze(rt.dbs.source, rt.source)
-
-        report.measures.append(raw_read(rt, seeded.ship_ids, seeded.rows, args.raw_passes))
-        measure, report.backfill = tool_backfill(rt, seeded.end, args.workers, seeded.rows)
-        report.measures.append(measure)
-        obvious, best, report.pivot_window = sql_pivots(rt, analysis, seeded, args.pivot_hours, args.pivot_timeout)
-        report.measures += [obvious, best]
-
-        if args.skip_realtime:
-            report.measures.append(Measure("realtime cycle (run_realtime once)", note="skipped"))
-        else:
-            rt2 = Runtime(settings=make_settings(url, src2, tgt2, tmp), dbs=rt.dbs)
-            try:
-                measure, report.realtime = realtime_cycle(rt2, args.ships, args.channels)
-            except Exception as exc:  # noqa: BLE001 - the realtime figure is optional; report n/a, keep the rest
-                log.warning("realtime cycle not measured: %s", exc, exc_info=args.verbose)
-                measure = Measure("realtime cycle (run_realtime once)", note=f"n/a: {type(exc).__name__}: {exc}"[:120])
-            report.measures.append(measure)
+        create_schemas(rt.dbs.source, names.all())
+        measure_all(rt, args, names, tmp, report)
         return report
     finally:
-        clean_up(rt, settings, schemas, tmp, args.keep)
+        clean_up(rt, settings, names.all(), tmp, args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -518,3 +518,36 @@ def test_a_long_running_processor_skips_unchanged_rows_and_still_catches_every_c
             f"SELECT count(*) FROM {qualified(runtime.settings.target_schema, column[0])} "
             f"WHERE {qi(column[1])} = 0 AND text({qi(column[1])}) = '-0'")).scalar_one()
     assert signs == 1  # the -0.0 replaced the 0.0 (compared bit for bit, not by value)
+
+
+@pytest.mark.slow
+def test_rejected_rows_in_a_fleet_cycle_are_counted_and_the_rest_of_their_tick_is_exact(runtime):
+    """The fleet read packs each ship's tick by format; a tick holding a row that fits no record (a NULL
+    value, an unknown format) is read again row by row, and a String row in a numeric column is a reject
+    of its own: every such row is counted, and every other cell of the same tick lands exactly."""
+    fleet = make_fleet(runtime, hours=1)
+    assert not run_backfill(runtime, (), _opts(cutoff_time=str(fleet.end), chunk_hours=1)).failed_chunks
+    assert run_realtime(runtime, (), ONCE).ok
+    decimal, other_decimal, integer = fleet.channels[3].channel_id, fleet.channels[4].channel_id, fleet.channels[0]
+    with runtime.dbs.source.begin() as conn:
+        at = (_db_now(conn) - timedelta(minutes=2)).replace(microsecond=250_000)  # inside the lookback, off-grid
+        rows = [  # (ship, channel, value_format, double_v, str_v)
+            (FLEET[0], decimal, "Decimal", None, None),  # the column its format names is NULL
+            (FLEET[1], decimal, "Float", 1.5, None),  # no such format
+            (FLEET[2], decimal, "String", None, "1.5"),  # a string for a double column
+        ] + [(ship, other_decimal, "Decimal", 7.25 + i, None) for i, ship in enumerate(FLEET)]
+        for ship, channel, fmt, double_v, str_v in rows:
+            conn.execute(text(
+                f"INSERT INTO {runtime.source.sql} (ship_id, data_channel_id, created_time, server_created_time, "
+                "value_format, double_v, str_v) VALUES (:s, :c, :t, :t, :f, :d, :x)"),
+                {"s": ship, "c": channel, "t": at, "f": fmt, "d": double_v, "x": str_v})
+        send_late(conn, runtime.source, fleet, at + SECOND, channels=(integer,))  # a tick of clean rows beside it
+
+    result = run_realtime(runtime, (), ONCE)
+    assert result.ok, [s.error for s in result.last.ships]
+    rejected = {s.ship_id: s.rejected for s in result.last.ships}
+    assert rejected == {FLEET[0]: 1, FLEET[1]: 1, FLEET[2]: 1, FLEET[3]: 0, FLEET[4]: 0}
+    assert_exact(runtime, FLEET)
+    for ship in FLEET:  # the tick's good cell of every ship, the ones beside a reject too
+        cell = compare(runtime.dbs.source, runtime.settings, ship, at, at + INSTANT)
+        assert cell.exact and cell.actual == cell.expected >= 1, (ship, cell)
