@@ -140,14 +140,19 @@ def unknown_channels_in(conn: Connection, source: SourceTable, plan: PivotPlan, 
 
 
 def _blocks(start: datetime, end: datetime, count: int) -> list[tuple[datetime, datetime]]:
-    """``[start, end)`` cut into at most ``count`` blocks of whole minutes (one block when short)."""
+    """``[start, end)`` cut into about ``count`` blocks of whole minutes (one block when short).
+
+    The first two blocks are a quarter and a half of the others: the worker waits for the first
+    block's read before it has anything to pivot, so a short one fills the pipeline sooner.
+    """
     span = end - start
     step = max(span / count, BLOCK_MIN)
-    step = timedelta(minutes=max(1, round(step.total_seconds() / 60)))
+    minutes = max(1, round(step.total_seconds() / 60))
+    ramp = [max(1, minutes // 4), max(1, minutes // 2)] if span > 2 * BLOCK_MIN else []
     out = []
     a = start
     while a < end:
-        b = min(a + step, end)
+        b = min(a + timedelta(minutes=ramp.pop(0) if ramp else minutes), end)
         out.append((a, b))
         a = b
     return out or [(start, end)]
