@@ -322,6 +322,29 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 # 1 and 2: one ship's backfill and steps in sources of growing fleets
 
 
+def _fresh_target(rt: Runtime, ship: str, analysis: Any) -> None:
+    """Drop what a backfill made (target schema, cutoff store) and create the ship's wide tables again."""
+    with rt.dbs.target.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {qi(rt.settings.target_schema)} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {qi(rt.settings.target_schema)}"))
+    rt.settings.cutoff_file.unlink(missing_ok=True)
+    create_tables(rt, (ship,), analysis=analysis)
+
+
+def _best_backfill(rt: Runtime, ship: str, cutoff: datetime, analysis: Any, passes: int) -> tuple[Any, float]:
+    """The fastest of ``passes`` backfills of ``ship`` from empty tables (the raw COPY is timed the same way:
+    one run of about a second on a shared machine is mostly noise)."""
+    best: tuple[Any, float] | None = None
+    for n in range(max(passes, 1)):
+        if n:
+            _fresh_target(rt, ship, analysis)
+        result, seconds = _timed(run_backfill, rt, (ship,), BackfillOptions(cutoff_time=str(cutoff), progress=False))
+        log.info("backfill pass %d: %.2f s", n + 1, seconds)
+        if best is None or seconds < best[1]:
+            best = (result, seconds)
+    return best  # type: ignore[return-value]
+
+
 def backfill_case(bench: Bench, name: str, kind: str, spec: FleetSpec, passes: int) -> BackfillCase:
     """Seed a source for ``spec``, then analyse, create and backfill its first ship only, and time the steps."""
     rt = bench.runtime(f"b{spec.ships}" if kind != "long" else "blong")
@@ -334,8 +357,7 @@ def backfill_case(bench: Bench, name: str, kind: str, spec: FleetSpec, passes: i
         case.raw_mb = round(size / 1e6, 1)
         analysis, case.schema_seconds = _timed(analyze_source, rt, (ship,))
         _, case.tables_seconds = _timed(create_tables, rt, (ship,), analysis=analysis)
-        result, case.backfill_seconds = _timed(
-            run_backfill, rt, (ship,), BackfillOptions(cutoff_time=str(seed.end), progress=False))
+        result, case.backfill_seconds = _best_backfill(rt, ship, seed.end, analysis, passes)
         case.rows_read = result.rows_read
         case.chunks = sum(s.chunks for s in result.ships)
         case.failed_chunks = len(result.failed_chunks)
