@@ -1,10 +1,12 @@
 """The pivot core, shared by backfill and realtime: narrow rows in, wide rows out, O(rows).
 
 1. :func:`read_window` streams ``COPY (SELECT ...) TO STDOUT (FORMAT binary)`` of one ship and
-   window into memory. Every numeric/boolean row has the same fixed binary layout (the channel id
-   is sent as its 64-bit hash and mapped to its index in the layout; format, NULL flags and the
-   boolean packed in one int2), so rows are decoded with ``numpy.frombuffer``: no Python object
-   per value. Channels with a text column come from a second, index-driven query (they are few).
+   window into memory. The server packs the rows of each created_time into one byte string per
+   value format of fixed-width records (the channel as its 64-bit hash, mapped to its index in
+   the layout, and the value's binary image), so a COPY row is a tick, not a value, and the
+   records are decoded with ``numpy.frombuffer``: no Python object per value. Ticks holding a
+   reject are read again row by row; channels with a text column come from a second,
+   index-driven query (they are few).
 2. :func:`pivot` checks each value against its column type (misfits become rejects, never
    silent losses) and scatters the values into one typed matrix per column type.
 3. :func:`encode_copy` renders a part's rows as ``COPY ... FROM STDIN (FORMAT binary)`` bytes,
@@ -372,14 +374,17 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
     whatever else the table holds (other ships, years of history). Rows of channels the plan does
     not know are not read here; the caller probes for them (:func:`window_migrator.unknown_channels_in`).
 
-    The server packs the rows of each created_time into one byte string of fixed-width records
-    (``string_agg`` of ``*send`` images: channel hash, format and NULL code, double, bigint), so
-    the COPY carries one row per tick, not per value: a day of 1,000 channels is 5,760 COPY rows
-    of 26 bytes a value instead of 5.76 million rows of 61, and the client decodes it with one
-    ``frombuffer`` (psycopg2 hands every COPY row to Python: per value, that was the client's
-    largest cost). The channel is its 64-bit ``hashtextextended``, mapped to the channel index by
-    a sorted-array search; when two of the plan's channels share a hash (never seen; 2^-64 per
-    pair) the read falls back to joining every row against the channel list.
+    The server packs the rows of each created_time into one byte string per value format, of
+    fixed-width records (``string_agg`` of ``int8send(hash) || float8send(double_v)`` and the like,
+    :func:`_tick_sql`), so the COPY carries one row per tick, not per value: a day of 1,000
+    channels is 5,760 COPY rows, 16 bytes a value, instead of 5.76 million rows of 61, decoded with
+    one ``frombuffer`` per format (psycopg2 hands every COPY row to Python: per value, that was the
+    client's largest cost). A tick holding a row in no record (an unknown format, a NULL value) is
+    read again row by row, so its rejects are found and counted. A source without a unique key is
+    read row by row, in its duplicate order. The channel is its 64-bit ``hashtextextended``,
+    mapped to the channel index by a sorted-array search; when two of the plan's channels share a
+    hash (never seen; 2^-64 per pair) the read falls back to joining every row against the
+    channel list.
     """
     params = {"ship": plan.ship_id, "start": start, "end": end, "chs": plan.numeric_channels}
     order_sql = f" ORDER BY {order_by}" if order_by else ""  # only for sources without a unique key
@@ -413,7 +418,7 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
 
 def _read_ticks(cursor, from_where: str, params: dict, lookup: tuple[np.ndarray, np.ndarray],
                 copy_out: Callable[[str], memoryview] | None) -> tuple[dict[str, np.ndarray], int]:
-    """The rows of ``from_where`` packed by tick (:data:`_TICK_SQL`); ticks with a row in no record
+    """The rows of ``from_where`` packed by tick (:func:`_tick_sql`); ticks with a row in no record
     (unknown format, NULL value: rejects, rare) are read again row by row."""
     run = copy_out or _local_copy_out(cursor)
     query = f"SELECT {_tick_sql(False)} {from_where} GROUP BY s.created_time"
