@@ -263,34 +263,40 @@ def _parse_ticks(data: memoryview, with_ship: bool) -> tuple[dict[str, np.ndarra
         return _empty_fields("hash", "ship"), [], 0
     pos = _stream_start(data)
     head = struct.Struct(">hiqiqii" if with_ship else ">hiqii")  # nf, len, time, [len, ship,] len, count
+    length_of = struct.Struct(">i").unpack_from
+    field_count = struct.Struct(">h").unpack_from
+    widths = [dtype.itemsize for _, _, _, dtype in TICK_FORMATS]
+    fields_per_row = 2 + with_ship + len(TICK_FORMATS)
     ticks: list[tuple[int, int]] = []
     packed: list[list[memoryview]] = [[] for _ in TICK_FORMATS]
     counts: list[list[int]] = [[] for _ in TICK_FORMATS]
     again: list[tuple[int, int]] = []
-    while struct.unpack_from(">h", data, pos)[0] != -1:
+    empty = memoryview(b"")
+    while field_count(data, pos)[0] != -1:  # a row's field count, or the trailer
         values = head.unpack_from(data, pos)
-        if values[0] != 2 + with_ship + len(TICK_FORMATS) or values[1] != 8 or values[-2] != 4:
+        if values[0] != fields_per_row or values[1] != 8 or values[-2] != 4:
             raise ValueError(f"unexpected tick row in the binary COPY stream at byte {pos}")
         pos += head.size
-        tick = (values[2], values[4] if with_ship else 0)
-        found, parts = 0, []
-        for k, (_, _, _, dtype) in enumerate(TICK_FORMATS):
-            (length,) = struct.unpack_from(">i", data, pos)
+        chunks, found = [], 0
+        for width in widths:
+            (length,) = length_of(data, pos)
             pos += 4
-            if length > 0:
-                if length % dtype.itemsize:
-                    raise ValueError(f"a tick record list of {length} bytes at byte {pos}")
-                parts.append((k, data[pos:pos + length], length // dtype.itemsize))
-                found += length // dtype.itemsize
-                pos += length
+            if length <= 0:
+                chunks.append((empty, 0))
+                continue
+            if length % width:
+                raise ValueError(f"a tick record list of {length} bytes at byte {pos}")
+            chunks.append((data[pos:pos + length], length // width))
+            found += length // width
+            pos += length
+        tick = (values[2], values[4] if with_ship else 0)
         if found != values[-1]:
             again.append(tick)
             continue
         ticks.append(tick)
-        for k in range(len(TICK_FORMATS)):
-            chunk = next((c for kk, c, _ in parts if kk == k), None)
-            packed[k].append(chunk if chunk is not None else memoryview(b""))
-            counts[k].append(next((n for kk, _, n in parts if kk == k), 0))
+        for k, (chunk, n) in enumerate(chunks):
+            packed[k].append(chunk)
+            counts[k].append(n)
     if pos + len(_TRAILER) != size:
         raise ValueError(f"binary COPY stream of {size} bytes ends at byte {pos + len(_TRAILER)}")
     return _tick_fields(ticks, counts, packed), again, size
