@@ -11,15 +11,15 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from chunk_ledger import ChunkLedger
 from cutoff_store import CutoffStore
 from data_migrator import BackfillOptions, DataMigrator, migration_status, run_backfill
-from database import qi, qualified
-from errors import CutoffConflict
 from main import cli
+from narrow2wide.checks.validator import validate
+from narrow2wide.common.errors import CutoffConflict
+from narrow2wide.db.database import qi, qualified
+from narrow2wide.engine.window_migrator import ShipPlanCache, UnknownChannels, migrate_window
+from narrow2wide.state.chunk_ledger import ChunkLedger
 from tests.wide_check import compare, wide_snapshot
-from validator import validate
-from window_migrator import ShipPlanCache, UnknownChannels, migrate_window
 
 END = datetime(2024, 10, 2)
 

@@ -25,9 +25,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from chunk_ledger import ChunkLedger
 from data_migrator import BackfillOptions, prepare_backfill, run_backfill
-from database import qualified
+from narrow2wide.db.database import qualified
+from narrow2wide.state.chunk_ledger import ChunkLedger
 from tests.cli_procs import clean_environ
 from tests.wide_check import compare
 
@@ -527,7 +527,7 @@ try:
     api.get_migration_statistics()
     error = None
 except Exception as exc:
-    import errors
+    from narrow2wide.common import errors
     error = [type(exc).__name__, isinstance(exc, errors.DatabaseUnavailable), str(exc)]
 print(json.dumps({"seconds": seconds, "events": during_import, "state": state_after_import, "error": error}))
 """

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import cutoff_store
 from cutoff_store import CutoffStore, ShipState
-from errors import CutoffConflict, StateError
+from narrow2wide.common.errors import CutoffConflict, StateError
+from narrow2wide.state import cutoff_store
 
 SHIP = "IMO9999993"
 T0 = datetime(2024, 10, 2, 17, 0, 0)

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-import errors
-from database import qi, qualified
 from main import cli
+from narrow2wide.common import errors
+from narrow2wide.db.database import qi, qualified
 from schema_analyzer import analyze_source, load_schema
 from table_creator import COLUMNS_META, TABLES_META, add_channels, create_tables
 

@@ -22,10 +22,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from config import Settings
-from database import qi, qualified, qualified_raw, server_now
-from demo_data import DemoSpec, SeedResult, seed_demo
 from main import cli
-from narrow_source import SourceTable
+from narrow2wide.db.database import qi, qualified, qualified_raw, server_now
+from narrow2wide.db.narrow_source import SourceTable
+from narrow2wide.demo.demo_data import DemoSpec, SeedResult, seed_demo
 from tests.cli_procs import Procs, clean_environ
 from tests.wide_check import compare
 
@@ -430,7 +430,7 @@ def test_settings_and_shown_urls_never_hold_the_password(template: str, refused:
     from urllib.parse import quote
 
     from config import load_settings, redact_url
-    from errors import ConfigError
+    from narrow2wide.common.errors import ConfigError
 
     token = uuid.uuid4().hex
     url = template.format(u="mig", pw=quote(f"Pw-{token}/@:%#? &+=x", safe=""), token=token)

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("stopping")  # the name the log file has always shown
 
 
 @contextmanager

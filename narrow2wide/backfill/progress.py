@@ -9,10 +9,10 @@ import time
 
 from sqlalchemy.exc import DBAPIError
 
-from chunk_ledger import DONE, FAILED, ChunkLedger
-from runtime import Runtime
+from narrow2wide.db.runtime import Runtime
+from narrow2wide.state.chunk_ledger import DONE, FAILED, ChunkLedger
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("progress")  # the name the log file has always shown
 
 
 def render_bar(done: int, total: int, rows_per_s: float, eta_s: float | None, width: int = 30) -> str:

@@ -18,10 +18,10 @@ import psycopg2.errors
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from database import qi, qualified, qualified_raw, quote_ident, raw_cursor
-from wide_layout import TIME_COLUMN, short_hash
+from narrow2wide.common.model import TIME_COLUMN, short_hash
+from narrow2wide.db.database import qi, qualified, qualified_raw, quote_ident, raw_cursor
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("wide_writer")  # the name the log file has always shown
 
 
 @lru_cache(maxsize=256)

@@ -15,10 +15,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from config import Settings, redact_url
-from errors import DatabaseUnavailable
+from narrow2wide.common.config import Settings, redact_url
+from narrow2wide.common.errors import DatabaseUnavailable
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("database")  # the name the log file has always shown
 
 
 @dataclass(frozen=True)

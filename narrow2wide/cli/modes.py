@@ -9,17 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from config import Settings
-from runtime import open_runtime
-from strategies import REGISTRY
+from narrow2wide.common.config import Settings
+from narrow2wide.db.runtime import open_runtime
+from narrow2wide.strategies import REGISTRY
 
 Handler = Callable[[Settings, dict], tuple[object, int]]
 
 
 def demo(settings: Settings, opts: dict) -> tuple[object, int]:
     """Seed a generated fleet (``--seed-only``), or run the whole guide on it."""
-    from demo_data import DemoSpec, seed_demo
-    from demo_guide import run_demo
+    from narrow2wide.demo.demo_data import DemoSpec, seed_demo
+    from narrow2wide.demo.guide import run_demo
 
     spec = DemoSpec(ships=opts["ships"], channels=opts["channels"], days=opts["days"])
     with open_runtime(settings) as rt:
@@ -36,7 +36,7 @@ HANDLERS: dict[str, Handler] = {
 
 def schema_only(settings: Settings, opts: dict) -> tuple[object, int]:
     """Analyse the source and write the schema file."""
-    from schema_analyzer import analyze_source
+    from narrow2wide.schema.analyzer import analyze_source
 
     with open_runtime(settings) as rt:
         return analyze_source(rt, settings.ship_ids, opts["sample_hours"], opts["column_style"],
@@ -49,7 +49,7 @@ def tables_only(settings: Settings, opts: dict) -> tuple[object, int]:
 
     import click
 
-    from table_creator import create_tables
+    from narrow2wide.schema.tables import create_tables
 
     if opts["drop_tables"] and not opts["yes"] and sys.stdin.isatty():
         click.confirm("Drop and recreate the wide tables this tool created (their data is lost)?", abort=True)
@@ -62,7 +62,7 @@ HANDLERS.update({"schema-only": schema_only, "tables-only": tables_only})
 
 def migration_only(settings: Settings, opts: dict) -> tuple[object, int]:
     """Backfill history before the cutoff."""
-    from data_migrator import BackfillOptions, run_backfill
+    from narrow2wide.backfill.runner import BackfillOptions, run_backfill
 
     options = BackfillOptions(cutoff_time=opts["cutoff_time"], force=opts["force"], chunk_hours=opts["chunk_hours"],
                               workers=opts["workers"], retry_failed=opts["retry_failed"])
@@ -73,7 +73,7 @@ def migration_only(settings: Settings, opts: dict) -> tuple[object, int]:
 
 def status(settings: Settings, opts: dict) -> tuple[object, int]:
     """Per-ship progress."""
-    from data_migrator import migration_status
+    from narrow2wide.checks.status import migration_status
 
     with open_runtime(settings) as rt:
         return migration_status(rt, settings.ship_ids), 0
@@ -81,7 +81,7 @@ def status(settings: Settings, opts: dict) -> tuple[object, int]:
 
 def validate(settings: Settings, opts: dict) -> tuple[object, int]:
     """Compare the wide tables with the source."""
-    from validator import validate as run_validate
+    from narrow2wide.checks.validator import validate as run_validate
 
     with open_runtime(settings) as rt:
         report = run_validate(rt, settings.ship_ids, repair=opts["repair"])
@@ -93,7 +93,7 @@ HANDLERS.update({"migration-only": migration_only, "status": status, "validate":
 
 def realtime(settings: Settings, opts: dict) -> tuple[object, int]:
     """Keep the wide tables current (long-lived, or one cycle with --once)."""
-    from realtime_processor import RealtimeOptions, run_realtime
+    from narrow2wide.realtime.processor import RealtimeOptions, run_realtime
 
     options = RealtimeOptions(interval_minutes=opts["interval"], once=opts["once"], run_for=opts["run_for"],
                               cursor=opts["cursor"], wait_for_lock=opts["wait_lock"])
@@ -107,7 +107,7 @@ HANDLERS["realtime"] = realtime
 
 def run_strategy(settings: Settings, opts: dict, name: str) -> tuple[object, int]:
     """``--mode concurrent|hybrid|streaming``: the strategy of that name from :data:`strategies.REGISTRY`."""
-    from strategies import StrategyOptions, get_strategy
+    from narrow2wide.strategies import StrategyOptions, get_strategy
 
     strategy = get_strategy(name)
     options = StrategyOptions(

@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from database import qualified
-from lock_keys import chunk_key
+from narrow2wide.db.database import qualified
+from narrow2wide.db.lock_keys import chunk_key
 
 LEDGER = "migrator_chunks"
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"

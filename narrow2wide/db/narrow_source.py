@@ -10,8 +10,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from database import qi, qualified
-from errors import SourceError
+from narrow2wide.common.errors import SourceError
+from narrow2wide.db.database import qi, qualified
 
 REQUIRED_COLUMNS = (
     "ship_id",

@@ -24,15 +24,17 @@ from typing import TYPE_CHECKING
 
 import psycopg2
 
-from errors import MigratorError
+from narrow2wide.common.errors import MigratorError
 
-if TYPE_CHECKING:  # the helper process runs this file: it imports only what it needs to read
+if TYPE_CHECKING:  # the helper process runs this module: it imports only what it needs to read
     from sqlalchemy.engine import Connection, Engine
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("copy_reader")  # the name the log file has always shown
 
 
 _OK, _RETRIED, _FAILED = b"K", b"R", b"E"
+_MODULE = "narrow2wide.engine.copy_reader"
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds the narrow2wide package
 
 
 class SourceReadError(MigratorError):
@@ -42,7 +44,7 @@ class SourceReadError(MigratorError):
 class CopyReaderProcess:
     """A helper process with its own source connection, serving ``COPY ... TO STDOUT`` requests.
 
-    It is this file run by the same Python (a subprocess, not multiprocessing: that would import
+    It is this module run by the same Python with ``-m`` (a subprocess, not multiprocessing: that would import
     the caller's ``__main__`` again), talking over its stdin and stdout. The connection settings,
     password included, go through the pipe, never the command line.
     """
@@ -112,8 +114,10 @@ class CopyReaderProcess:
     def _ensure_started(self) -> subprocess.Popen:
         if self._process is None or self._process.poll() is not None:
             self.close()
-            self._process = subprocess.Popen([sys.executable, str(Path(__file__).resolve())], stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE)
+            # run as a module of the package, from the folder that holds the package: it imports the
+            # same code whatever the caller's working directory (and whether or not it is installed)
+            self._process = subprocess.Popen([sys.executable, "-m", _MODULE],
+                                             cwd=_PACKAGE_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             _send(self._process.stdin, self._params)
         return self._process
 

@@ -27,6 +27,11 @@ def write_key(schema: str, ship_id: str) -> str:
     return f"migrator-write:{schema}:{ship_id}"
 
 
+def ddl_key(schema: str, ship_id: str) -> str:
+    """Schema changes of one ship (transaction lock: creating its tables, adding channels)."""
+    return f"migrator-ddl:{schema}:{ship_id}"
+
+
 def take_write_locks(conn: Connection, schema: str, ship_ids: list[str]) -> None:
     """Take the write lock of every ship in ``ship_ids`` until ``conn``'s transaction ends (one statement).
 

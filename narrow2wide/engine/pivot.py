@@ -22,10 +22,10 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from narrow_source import ship_read_settings
-from schema_analyzer import ShipSchema
+from narrow2wide.common.model import ShipSchema
+from narrow2wide.db.narrow_source import ship_read_settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pivot")  # the name the log file has always shown
 
 KIND_DOUBLE, KIND_BIGINT, KIND_BOOL, KIND_TEXT = 0, 1, 2, 3
 KIND_OF_TYPE = {"double precision": KIND_DOUBLE, "bigint": KIND_BIGINT, "boolean": KIND_BOOL, "text": KIND_TEXT}

@@ -11,16 +11,16 @@ import logging
 import time
 from dataclasses import dataclass
 
-from data_migrator import StatusReport, migration_status
-from demo_data import DemoSpec, LiveWriter, SeedResult, seed_demo
-from realtime_processor import RealtimeOptions, RealtimeResult, run_realtime
-from runtime import Runtime
-from schema_analyzer import analyze_source
-from strategies import StrategyOptions, StrategyResult, get_strategy
-from table_creator import create_tables
-from validator import ValidationReport, validate
+from narrow2wide.checks.status import StatusReport, migration_status
+from narrow2wide.checks.validator import ValidationReport, validate
+from narrow2wide.db.runtime import Runtime
+from narrow2wide.demo.demo_data import DemoSpec, LiveWriter, SeedResult, seed_demo
+from narrow2wide.realtime.processor import RealtimeOptions, RealtimeResult, run_realtime
+from narrow2wide.schema.analyzer import analyze_source
+from narrow2wide.schema.tables import create_tables
+from narrow2wide.strategies import StrategyOptions, StrategyResult, get_strategy
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("demo_guide")  # the name the log file has always shown
 
 
 @dataclass(frozen=True)

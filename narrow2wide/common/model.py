@@ -1,4 +1,5 @@
-"""Pure layout rules for wide tables: column types, column names, and splitting into parts.
+"""The shared data model (ship schema, table parts, channels) and the pure layout rules for wide tables:
+column types, column names, and splitting into parts.
 
 No I/O here: the analyzer, the table creator and schema evolution all call these rules so
 that a channel is named and placed the same way whoever meets it first.
@@ -10,7 +11,9 @@ import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from narrow2wide.common.errors import SchemaError
 
 FORMAT_TYPES: dict[str, str] = {
     "Decimal": "double precision",
@@ -204,3 +207,78 @@ def place_channels(
         else:
             by_number[(last or 0) + 1] = [channel]
     return [PlannedPart(n, tuple(chs)) for n, chs in sorted(by_number.items())]
+
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ChannelSchema:
+    """One channel of one ship: where its values go and what the source showed."""
+
+    channel_id: str
+    column: str
+    pg_type: str
+    part: int
+    formats: dict[str, int] = field(default_factory=dict)
+    first_time: str | None = None
+    last_time: str | None = None
+    row_count: int | None = None
+
+
+@dataclass(frozen=True)
+class TablePart:
+    """One wide table of a ship."""
+
+    number: int
+    table: str
+    channels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ShipSchema:
+    """The wide layout of one ship."""
+
+    ship_id: str
+    parts: tuple[TablePart, ...]
+    channels: tuple[ChannelSchema, ...]
+    conflicts: tuple[str, ...] = ()
+    unknown_formats: tuple[str, ...] = ()
+    type_drift: tuple[str, ...] = ()
+
+    def channel_map(self) -> dict[str, ChannelSchema]:
+        """Channel id -> its schema."""
+        return {c.channel_id: c for c in self.channels}
+
+
+@dataclass(frozen=True)
+class SchemaAnalysis:
+    """The result of ``schema-only``, as written to the schema file."""
+
+    version: int
+    source_table: str
+    target_schema: str
+    time_type: str
+    column_style: str
+    sample_hours: float | None
+    ships: tuple[ShipSchema, ...]
+    seconds: float = 0.0
+    schema_file: str = ""
+
+    def ship(self, ship_id: str) -> ShipSchema:
+        """The layout of ``ship_id``; :class:`SchemaError` when it is not in the analysis."""
+        for s in self.ships:
+            if s.ship_id == ship_id:
+                return s
+        raise SchemaError(f"ship {ship_id!r} is not in the schema file; run --mode schema-only --ship-id {ship_id}")
+
+
+def name_parts(ship_id: str, planned: list[PlannedPart], old_names: dict[int, str],
+               taken: set[str]) -> tuple[TablePart, ...]:
+    """Table names for planned parts: recorded names stay; a lone first part has no suffix."""
+    single = len(planned) == 1 and not old_names
+    return tuple(
+        TablePart(p.number, old_names.get(p.number) or table_name_for(ship_id, None if single else p.number, taken),
+                  p.channels)
+        for p in planned
+    )

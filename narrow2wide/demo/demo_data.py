@@ -18,11 +18,11 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from narrow_source import SourceTable
+from narrow2wide.db.narrow_source import SourceTable
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("demo_data")  # the name the log file has always shown
 
-ROUTING_EXAMPLE = Path(__file__).resolve().parent / "data" / "channel_routing_example.csv"
+ROUTING_EXAMPLE = Path(__file__).resolve().parents[2] / "data" / "channel_routing_example.csv"
 
 _FORMAT_BY_LAST_SEGMENT = {
     "run": "Boolean",

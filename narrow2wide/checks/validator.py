@@ -16,18 +16,17 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from chunk_ledger import ChunkLedger
-from cutoff_store import CutoffStore
-from data_migrator import resolve_ships
-from database import qi, qualified, raw_cursor
-from lock_keys import take_write_locks
-from narrow_source import ship_read_settings
-from pivot import PivotPlan
-from runtime import Runtime
-from table_creator import load_ship_layout
-from window_migrator import migrate_window
+from narrow2wide.db.catalogue import load_ship_layout, resolve_ships
+from narrow2wide.db.database import qi, qualified, raw_cursor
+from narrow2wide.db.lock_keys import take_write_locks
+from narrow2wide.db.narrow_source import ship_read_settings
+from narrow2wide.db.runtime import Runtime
+from narrow2wide.engine.pivot import PivotPlan
+from narrow2wide.engine.window_migrator import migrate_window
+from narrow2wide.state.chunk_ledger import ChunkLedger
+from narrow2wide.state.cutoff_store import CutoffStore
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("validator")  # the name the log file has always shown
 HOUR = timedelta(hours=1)
 
 # the value of a narrow row as its wide column renders it; NULL when the row is rejected
@@ -234,7 +233,7 @@ def compare_ship(rt: Runtime, ship_id: str, only: list[datetime] | None = None) 
 
 def repair_buckets(rt: Runtime, ship_id: str, buckets: list[datetime]) -> None:
     """Re-migrate whole hours, replacing their wide rows with the pivot of the source."""
-    from window_migrator import ShipPlanCache
+    from narrow2wide.engine.window_migrator import ShipPlanCache
 
     cache = ShipPlanCache(rt)
     with rt.dbs.source.connect() as sconn:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from config import Settings
-from database import Databases, open_databases
-from narrow_source import SourceTable
+from narrow2wide.common.config import Settings
+from narrow2wide.db.database import Databases, open_databases
+from narrow2wide.db.narrow_source import SourceTable
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,14 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from copy_reader import CopyReaderProcess
-from database import raw_cursor
-from errors import SchemaError
-from narrow_source import SourceTable
-from pivot import (
+from narrow2wide.common.errors import SchemaError
+from narrow2wide.common.model import TIME_COLUMN, short_hash
+from narrow2wide.db.catalogue import load_ship_layout, load_ship_layouts
+from narrow2wide.db.database import raw_cursor
+from narrow2wide.db.narrow_source import SourceTable
+from narrow2wide.db.runtime import Runtime
+from narrow2wide.engine.copy_reader import CopyReaderProcess
+from narrow2wide.engine.pivot import (
     REASONS,
     NarrowBatch,
     PartRows,
@@ -38,12 +41,10 @@ from pivot import (
     read_window,
     ts_to_datetime,
 )
-from runtime import Runtime
-from table_creator import add_channels, load_ship_layout, load_ship_layouts
-from wide_layout import TIME_COLUMN, short_hash
-from wide_writer import delete_window, merge_copy, merge_many, write_copy
+from narrow2wide.engine.wide_writer import delete_window, merge_copy, merge_many, write_copy
+from narrow2wide.schema.tables import add_channels
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("window_migrator")  # the name the log file has always shown
 
 READ_BLOCKS = 12  # a window is read in up to this many time blocks (pipelined with pivot and write)
 BLOCK_MIN = timedelta(minutes=30)  # never smaller blocks than this

@@ -38,10 +38,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from demo_data import demo_channels
-from narrow_source import SourceTable
+from narrow2wide.db.narrow_source import SourceTable
+from narrow2wide.demo.demo_data import demo_channels
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fleet_data")  # the name the log file has always shown
 
 SLICE_SECONDS = 3600  # seed_fleet inserts one hour of created_time (every ship) per statement
 GOLDEN = (math.sqrt(5) - 1) / 2  # FleetWriter(spread_phases=True): tick n is shifted by frac(n * GOLDEN) periods
