@@ -73,8 +73,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from psycopg2 import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402

@@ -72,8 +72,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import psycopg2  # noqa: E402
 from psycopg2 import errors as pg_errors  # noqa: E402
@@ -90,7 +88,7 @@ from narrow2wide.db.narrow_source import VALUE_COLUMN  # noqa: E402
 from narrow2wide.db.runtime import Runtime, open_runtime  # noqa: E402
 from narrow2wide.demo.demo_data import DemoSpec, demo_channels, insert_rows, seed_demo  # noqa: E402
 from narrow2wide.demo.fleet_data import FleetSpec, seed_fleet, vacuum_analyze  # noqa: E402
-from narrow2wide.state.chunk_ledger import LEDGER  # noqa: E402
+from narrow2wide.store.chunk_ledger import LEDGER  # noqa: E402
 from realtime_processor import RealtimeOptions, run_realtime  # noqa: E402
 from schema_analyzer import SchemaAnalysis, ShipSchema, analyze_source  # noqa: E402
 from table_creator import create_tables, load_ship_layout  # noqa: E402

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import uuid
 import warnings
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from config import Settings  # noqa: E402
-from narrow2wide.db.database import Databases, make_engine, qi  # noqa: E402
-from narrow2wide.db.runtime import Runtime  # noqa: E402
+from config import Settings
+from narrow2wide.db.database import Databases, make_engine, qi
+from narrow2wide.db.runtime import Runtime
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -18,7 +18,7 @@ from narrow2wide.checks.validator import validate
 from narrow2wide.common.errors import CutoffConflict
 from narrow2wide.db.database import qi, qualified
 from narrow2wide.engine.window_migrator import ShipPlanCache, UnknownChannels, migrate_window
-from narrow2wide.state.chunk_ledger import ChunkLedger
+from narrow2wide.store.chunk_ledger import ChunkLedger
 from tests.wide_check import compare, wide_snapshot
 
 END = datetime(2024, 10, 2)

@@ -14,7 +14,7 @@ import pytest
 
 from cutoff_store import CutoffStore, ShipState
 from narrow2wide.common.errors import CutoffConflict, StateError
-from narrow2wide.state import cutoff_store
+from narrow2wide.store import cutoff_store
 
 SHIP = "IMO9999993"
 T0 = datetime(2024, 10, 2, 17, 0, 0)

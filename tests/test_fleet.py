@@ -26,7 +26,7 @@ from narrow2wide.db.database import qi, qualified
 from narrow2wide.db.narrow_source import SourceTable
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.demo.demo_data import DemoChannel, DemoSpec, demo_channels, insert_rows
-from narrow2wide.state.chunk_ledger import ChunkLedger
+from narrow2wide.store.chunk_ledger import ChunkLedger
 from realtime_processor import RealtimeOptions, run_realtime
 from schema_analyzer import analyze_source
 from table_creator import create_tables

@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from narrow2wide.db.database import qualified, server_now
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.demo.demo_data import LiveWriter
-from narrow2wide.state.chunk_ledger import ChunkLedger
+from narrow2wide.store.chunk_ledger import ChunkLedger
 from tests.cli_procs import Procs
 from tests.figures import show_figures
 from tests.wide_check import compare

@@ -22,7 +22,7 @@ from cutoff_store import CutoffStore
 from narrow2wide.checks.validator import validate
 from narrow2wide.db.database import qualified
 from narrow2wide.demo.demo_data import DemoSpec, demo_channels, insert_rows
-from narrow2wide.state.chunk_ledger import ChunkLedger
+from narrow2wide.store.chunk_ledger import ChunkLedger
 from tests.wide_check import compare
 
 SHIPS = ("IMO9301234", "IMO9876543", "IMO9512087")

@@ -10,7 +10,7 @@ import time
 from sqlalchemy.exc import DBAPIError
 
 from narrow2wide.db.runtime import Runtime
-from narrow2wide.state.chunk_ledger import DONE, FAILED, ChunkLedger
+from narrow2wide.store.chunk_ledger import DONE, FAILED, ChunkLedger
 
 log = logging.getLogger("progress")  # the name the log file has always shown
 

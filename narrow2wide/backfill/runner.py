@@ -30,8 +30,8 @@ from narrow2wide.db.narrow_source import READ_SETTINGS_SQL, begin_snapshot_read
 from narrow2wide.db.runtime import Runtime, open_runtime
 from narrow2wide.engine.copy_reader import CopyReaderProcess
 from narrow2wide.engine.window_migrator import ShipPlanCache, UnknownChannels, migrate_window
-from narrow2wide.state.chunk_ledger import DONE, FAILED, PENDING, RUNNING, Chunk, ChunkLedger
-from narrow2wide.state.cutoff_store import CutoffStore
+from narrow2wide.store.chunk_ledger import DONE, FAILED, PENDING, RUNNING, Chunk, ChunkLedger
+from narrow2wide.store.cutoff_store import CutoffStore
 
 log = logging.getLogger("data_migrator")  # the name the log file has always shown
 READER_PROCESSES = 2  # source blocks read at once by a backfill worker, each by a helper process

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 from narrow2wide.common.model import ShipSchema
 from narrow2wide.db.catalogue import database_now, load_ship_layouts, newest_wide_times, wide_row_count, wide_ships
 from narrow2wide.db.runtime import Runtime
-from narrow2wide.state.chunk_ledger import DONE, FAILED, PENDING, RUNNING, ChunkLedger
-from narrow2wide.state.cutoff_store import CutoffStore, ShipState
+from narrow2wide.store.chunk_ledger import DONE, FAILED, PENDING, RUNNING, ChunkLedger
+from narrow2wide.store.cutoff_store import CutoffStore, ShipState
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from narrow2wide.db.narrow_source import ship_read_settings
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.engine.pivot import PivotPlan
 from narrow2wide.engine.window_migrator import migrate_window
-from narrow2wide.state.chunk_ledger import ChunkLedger
-from narrow2wide.state.cutoff_store import CutoffStore
+from narrow2wide.store.chunk_ledger import ChunkLedger
+from narrow2wide.store.cutoff_store import CutoffStore
 
 log = logging.getLogger("validator")  # the name the log file has always shown
 HOUR = timedelta(hours=1)

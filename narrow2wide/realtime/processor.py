@@ -41,7 +41,7 @@ from narrow2wide.engine.window_migrator import (
     merge_fleet,
     migrate_window,
 )
-from narrow2wide.state.cutoff_store import CutoffStore
+from narrow2wide.store.cutoff_store import CutoffStore
 
 log = logging.getLogger("realtime_processor")  # the name the log file has always shown
 

@@ -21,8 +21,8 @@ from sqlalchemy.exc import DBAPIError
 from narrow2wide.backfill.runner import BackfillResult, drain_ledger
 from narrow2wide.db.catalogue import database_now, load_ship_layout, newest_wide_time
 from narrow2wide.db.runtime import Runtime
-from narrow2wide.state.chunk_ledger import DONE, FAILED, PENDING, RUNNING, ChunkLedger
-from narrow2wide.state.cutoff_store import CutoffStore
+from narrow2wide.store.chunk_ledger import DONE, FAILED, PENDING, RUNNING, ChunkLedger
+from narrow2wide.store.cutoff_store import CutoffStore
 from narrow2wide.strategies.base import StrategyOptions
 from narrow2wide.strategies.concurrent import ConcurrentStrategy
 

@@ -18,7 +18,7 @@ from narrow2wide.db.catalogue import database_now, resolve_ships
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.engine.window_migrator import ShipPlanCache
 from narrow2wide.realtime.processor import RETRYABLE, ShipLocks, error_line, source_clock, write_window
-from narrow2wide.state.cutoff_store import CutoffStore
+from narrow2wide.store.cutoff_store import CutoffStore
 from narrow2wide.strategies.base import Strategy, StrategyOptions, StrategyResult, deadline_timer
 
 log = logging.getLogger("strategies.streaming")  # the name the log file has always shown
