@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, ResourceClosedError
 
 from narrow2wide.backfill.progress import LedgerProgress
 from narrow2wide.common.config import Settings
-from narrow2wide.common.errors import ConfigError, DatabaseUnavailable, MigratorError
+from narrow2wide.common.errors import ConfigError, DatabaseUnavailable, MigratorError, error_line
 from narrow2wide.db.catalogue import database_now, resolve_ships
 from narrow2wide.db.narrow_source import READ_SETTINGS_SQL, begin_snapshot_read
 from narrow2wide.db.runtime import Runtime, open_runtime
@@ -149,12 +149,6 @@ def retry_failed_chunks(rt: Runtime, ships: list[str]) -> list[int]:
     return ids
 
 
-def _error_text(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    msg = str(orig if orig is not None else exc).strip().splitlines()
-    return f"{type(orig if orig is not None else exc).__name__}: {msg[0] if msg else ''}"
-
-
 def process_chunk(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: ShipPlanCache, chunk: Chunk,
                   time_type: str, readers: Sequence[CopyReaderProcess] = ()) -> int:
     """Migrate one claimed chunk; its data and its ledger row commit together. Returns rows read.
@@ -211,7 +205,7 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
                 chunk = ledger.claim(conn, ships, only_ids)
                 held = ledger.unfinished(conn, ships, only_ids) if chunk is None else 0
             except (DBAPIError, psycopg2.Error) as exc:
-                log.warning("reading the ledger failed: %s", _error_text(exc))
+                log.warning("reading the ledger failed: %s", error_line(exc))
                 conn = _fresh_connection(rt, conn, stop)
                 continue
             if chunk is None:
@@ -233,7 +227,7 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
             except (DBAPIError, psycopg2.Error, MigratorError, OSError, ValueError) as exc:
                 if isinstance(exc, UnknownChannels):
                     cache.get(conn, chunk.ship_id, refresh=True)
-                error = _error_text(exc)
+                error = error_line(exc)
                 attempts = chunk.attempts + 1
                 give_up = attempts >= max_attempts
                 stats.attempts_failed += 1
@@ -244,7 +238,7 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
                 try:
                     ledger.mark_error(conn, chunk, error, failed=give_up)
                 except (DBAPIError, psycopg2.Error) as exc2:  # lost again: the chunk stays claimable
-                    log.warning("recording the failure failed: %s", _error_text(exc2))
+                    log.warning("recording the failure failed: %s", error_line(exc2))
                     conn = _fresh_connection(rt, conn, stop)
                 if give_up:
                     stats.chunks_failed += 1
@@ -290,9 +284,9 @@ def _fresh_connection(rt: Runtime, conn: Connection, stop: threading.Event | Non
         except (DBAPIError, psycopg2.Error) as exc:
             if waited >= RECONNECT_LIMIT_SECONDS:
                 raise DatabaseUnavailable(f"the target database has been unreachable for {waited:.0f} s: "
-                                          f"{_error_text(exc)}; re-run when it is back (done chunks are kept)"
+                                          f"{error_line(exc)}; re-run when it is back (done chunks are kept)"
                                           ) from exc
-            log.warning("target database unreachable (%s); retrying in %.1f s", _error_text(exc), delay)
+            log.warning("target database unreachable (%s); retrying in %.1f s", error_line(exc), delay)
             if stop is not None and stop.wait(delay):
                 raise DatabaseUnavailable("stopped while the target database was unreachable") from exc
             if stop is None:

@@ -18,7 +18,7 @@ import psycopg2
 from sqlalchemy.exc import SQLAlchemyError
 
 from narrow2wide.common.config import Settings, load_settings
-from narrow2wide.common.errors import ConfigError, MigratorError, NotImplementedYet
+from narrow2wide.common.errors import ConfigError, MigratorError, NotImplementedYet, one_line
 from narrow2wide.common.jsonable import to_jsonable
 
 log = logging.getLogger("main")
@@ -65,14 +65,6 @@ class LogFileHandler(logging.FileHandler):
             self.close()
         except (OSError, ValueError):
             pass  # the unwritten buffer cannot be flushed either
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its first line, or for a database error the driver's first line."""
-    orig = getattr(exc, "orig", None)
-    source = orig if isinstance(orig, BaseException) else exc
-    lines = [line.strip() for line in str(source).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(source).__name__
 
 
 def setup_logging(verbosity: int, log_file: Path | None) -> None:

@@ -1,6 +1,6 @@
-"""The tool's exception hierarchy.
+"""The tool's exception hierarchy, and the one way an error becomes one line of text.
 
-Library code raises these; only ``main.py`` turns them into one-line messages
+Library code raises these; only the CLI turns them into one-line messages
 and exit codes (2 for usage and configuration, 1 for everything at run time).
 """
 
@@ -55,3 +55,25 @@ class NotImplementedYet(MigratorError):
     """A mode that exists on the command line but is not built yet. Exit code 2."""
 
     exit_code = 2
+
+
+def _source(exc: BaseException) -> BaseException:
+    """The error to describe: the driver's error that a database error wraps, else ``exc`` itself."""
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its first line, or for a database error the driver's first line.
+
+    An error without a message is named by its type.
+    """
+    source = _source(exc)
+    lines = [line.strip() for line in str(source).splitlines() if line.strip()]
+    return lines[0] if lines else type(source).__name__
+
+
+def error_line(exc: BaseException) -> str:
+    """``exc`` as ``Type: first line`` (the driver's error for a database error), for logs, ledgers and results."""
+    source = _source(exc)
+    return f"{type(source).__name__}: {one_line(exc) if str(source).strip() else ''}"

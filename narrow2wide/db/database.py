@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from narrow2wide.common.config import Settings, redact_url
-from narrow2wide.common.errors import DatabaseUnavailable
+from narrow2wide.common.errors import DatabaseUnavailable, one_line
 
 log = logging.getLogger("database")  # the name the log file has always shown
 
@@ -87,7 +87,7 @@ def check_connection(engine: Engine) -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except OperationalError as exc:
-        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        first = one_line(exc)
         raise DatabaseUnavailable(
             f"cannot connect to {redact_url(engine.url.render_as_string(hide_password=False))}: {first}; "
             "check DATABASE_URL and that the server is running"

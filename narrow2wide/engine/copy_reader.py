@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import psycopg2
 
-from narrow2wide.common.errors import MigratorError
+from narrow2wide.common.errors import MigratorError, one_line
 
 if TYPE_CHECKING:  # the helper process runs this module: it imports only what it needs to read
     from sqlalchemy.engine import Connection, Engine
@@ -176,7 +176,7 @@ def _serve() -> None:
                     status, payload = _RETRIED, memoryview(struct.pack(">I", len(note)) + note + buf.getvalue())
                 break
             except psycopg2.Error as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first = one_line(exc)
                 broken = conn is None or conn.closed != 0
                 if conn is not None:
                     conn.close()

@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from narrow2wide.common.errors import LockHeld, MigratorError
+from narrow2wide.common.errors import LockHeld, MigratorError, error_line
 from narrow2wide.common.stopping import stop_on_signals
 from narrow2wide.db.catalogue import database_now, newest_wide_times, resolve_ships
 from narrow2wide.db.database import raw_cursor
@@ -490,13 +490,6 @@ def _ship_cycles(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, work: li
         out.append(ShipCycle(w.ship_id, w.start, end, w.rows, w.cells, w.rejected, w.late_hours,
                              ahead.get(w.ship_id, (0, None))[0], state.watermark if state else None, lag, seconds))
     return out
-
-
-def error_line(exc: BaseException) -> str:
-    """``exc`` as ``Type: first line`` (the driver's error for a database error), for logs and results."""
-    orig = getattr(exc, "orig", None)
-    first = str(orig if orig is not None else exc).strip().splitlines()
-    return f"{type(orig if orig is not None else exc).__name__}: {first[0] if first else ''}"
 
 
 def run_cycle(rt: Runtime, cache: ShipPlanCache, store: CutoffStore, clock: SourceClock, ships: list[str],

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ProgrammingError
 
-from narrow2wide.common.errors import SchemaError
+from narrow2wide.common.errors import SchemaError, one_line
 from narrow2wide.common.model import (
     TIME_COLUMN,
     ChannelSchema,
@@ -82,7 +82,7 @@ def ensure_metadata(conn: Connection, schema: str) -> None:
             UNIQUE (table_name, column_name))"""))
     except ProgrammingError as exc:
         raise SchemaError(
-            f"cannot create tables in schema {schema!r}: {str(exc.orig).strip().splitlines()[0]}; "
+            f"cannot create tables in schema {schema!r}: {one_line(exc)}; "
             f"create the schema and GRANT USAGE, CREATE ON SCHEMA {schema} to the tool's role, or GRANT CREATE "
             "ON DATABASE so that it can create the schema itself (see README)"
         ) from exc

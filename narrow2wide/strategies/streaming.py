@@ -13,11 +13,12 @@ import time
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 
+from narrow2wide.common.errors import error_line
 from narrow2wide.common.stopping import stop_on_signals
 from narrow2wide.db.catalogue import database_now, resolve_ships
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.engine.window_migrator import ShipPlanCache
-from narrow2wide.realtime.processor import RETRYABLE, ShipLocks, error_line, source_clock, write_window
+from narrow2wide.realtime.processor import RETRYABLE, ShipLocks, source_clock, write_window
 from narrow2wide.store.cutoff_store import CutoffStore
 from narrow2wide.strategies.base import Strategy, StrategyOptions, StrategyResult, deadline_timer
 
