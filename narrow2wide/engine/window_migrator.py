@@ -7,6 +7,7 @@ caller's bookkeeping, such as the ledger row), so data and bookkeeping commit to
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from narrow2wide.common.durable import write_durably
 from narrow2wide.common.errors import SchemaError
 from narrow2wide.common.model import TIME_COLUMN, short_hash
 from narrow2wide.db.catalogue import load_ship_layout, load_ship_layouts
@@ -398,12 +400,11 @@ def write_rejects(rt: Runtime, source_conn: Connection, plan: PivotPlan, start, 
         for r in group:
             rows.append((*r[:8], REASONS[7] if r[8] else (REASONS[other[0]] if other else "rejected")))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["ship_id", "data_channel_id", "created_time", "value_format", "double_v", "long_v", "bool_v",
-                    "str_v", "server_created_time", "reason"])
-        for r in rows:
-            w.writerow([plan.ship_id, *r])
-    tmp.replace(path)
+    text_out = io.StringIO(newline="")
+    w = csv.writer(text_out)
+    w.writerow(["ship_id", "data_channel_id", "created_time", "value_format", "double_v", "long_v", "bool_v",
+                "str_v", "server_created_time", "reason"])
+    for r in rows:
+        w.writerow([plan.ship_id, *r])
+    write_durably(path, text_out.getvalue().encode("utf-8"), mode=0o666)
     log.warning("ship %s %s..%s: %d value(s) rejected, see %s", plan.ship_id, start, end, len(rejects), path)

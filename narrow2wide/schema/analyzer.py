@@ -11,13 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from narrow2wide.common.durable import write_durably
 from narrow2wide.common.errors import SchemaError, SchemaFileMissing, SourceError, StateError
 from narrow2wide.common.model import (
     SCHEMA_VERSION,
@@ -190,18 +189,12 @@ def analyze_source(
 
 
 def save_schema(analysis: SchemaAnalysis, path: Path) -> None:
-    """Write the schema file atomically (temp file, fsync, rename)."""
+    """Write the schema file atomically and durably (:func:`write_durably`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(asdict(analysis), indent=2, ensure_ascii=False, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(prefix=".schema-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_durably(path, (data + "\n").encode("utf-8"))
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise StateError(f"cannot write the schema file {path}: {exc.strerror}") from exc
 
 

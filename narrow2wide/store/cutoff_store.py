@@ -26,7 +26,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -34,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from narrow2wide.common.durable import write_durably
 from narrow2wide.common.errors import CutoffConflict, StateError
 
 log = logging.getLogger("cutoff_store")  # the name the log file has always shown
@@ -341,27 +341,10 @@ class CutoffStore:
 
         With ``replace=False`` the synced temp file is removed instead: a trial write that leaves the store as it is.
         """
-        data = self._encode(ships)
-        folder = self._path.parent
-        tmp: str | None = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", suffix=".tmp", dir=folder)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if replace:
-                os.replace(tmp, self._path)
-                tmp = None
-                _fsync_dir(folder)
+            write_durably(self._path, self._encode(ships), replace=replace)
         except OSError as exc:
             raise _write_error(exc, self._path, self._path) from exc
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError as exc:
-                    log.warning("could not remove the temp file %s: %s", tmp, exc)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -371,18 +354,6 @@ def _iso(value: datetime | None) -> str | None:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; file systems that cannot fsync a directory are tolerated."""
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _write_error(exc: OSError, where: Path, store: Path) -> StateError:

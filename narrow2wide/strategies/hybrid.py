@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from datetime import datetime
 from sqlalchemy.exc import DBAPIError
 
 from narrow2wide.backfill.runner import BackfillResult, drain_ledger
+from narrow2wide.common.durable import write_durably
 from narrow2wide.db.catalogue import database_now, load_ship_layout, newest_wide_time
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.store.chunk_ledger import DONE, FAILED, PENDING, RUNNING, ChunkLedger
@@ -98,9 +98,7 @@ class FleetProgress:
 
     def _write(self, data: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_durably(self.path, (json.dumps(data, indent=2) + "\n").encode("utf-8"), mode=0o666)
 
     def _show(self, data: dict) -> None:
         lines = [f"{s['ship_id']}: {s['percent']:5.1f}%  {s['chunks_done']}/{s['chunks_total']} chunks  "
