@@ -17,14 +17,14 @@ from datetime import datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-import psycopg2
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, ResourceClosedError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from narrow2wide.backfill.progress import LedgerProgress
 from narrow2wide.common.config import Settings
-from narrow2wide.common.errors import ConfigError, DatabaseUnavailable, MigratorError, error_line
+from narrow2wide.common.errors import ConfigError, DatabaseUnavailable, error_line
+from narrow2wide.common.retry import DATABASE_ERRORS, RETRYABLE, backoff_delay
 from narrow2wide.db.catalogue import database_now, resolve_ships
 from narrow2wide.db.narrow_source import READ_SETTINGS_SQL, begin_snapshot_read
 from narrow2wide.db.runtime import Runtime, open_runtime
@@ -204,7 +204,7 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
             try:
                 chunk = ledger.claim(conn, ships, only_ids)
                 held = ledger.unfinished(conn, ships, only_ids) if chunk is None else 0
-            except (DBAPIError, psycopg2.Error) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("reading the ledger failed: %s", error_line(exc))
                 conn = _fresh_connection(rt, conn, stop)
                 continue
@@ -224,7 +224,7 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
             try:
                 stats.rows_read += process_chunk(rt, conn, ledger, cache, chunk, time_type, readers)
                 stats.chunks_done += 1
-            except (DBAPIError, psycopg2.Error, MigratorError, OSError, ValueError) as exc:
+            except RETRYABLE as exc:
                 if isinstance(exc, UnknownChannels):
                     cache.get(conn, chunk.ship_id, refresh=True)
                 error = error_line(exc)
@@ -237,18 +237,18 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
                 conn = _fresh_connection(rt, conn, stop)
                 try:
                     ledger.mark_error(conn, chunk, error, failed=give_up)
-                except (DBAPIError, psycopg2.Error) as exc2:  # lost again: the chunk stays claimable
+                except DATABASE_ERRORS as exc2:  # lost again: the chunk stays claimable
                     log.warning("recording the failure failed: %s", error_line(exc2))
                     conn = _fresh_connection(rt, conn, stop)
                 if give_up:
                     stats.chunks_failed += 1
                 else:
-                    time.sleep(min(backoff_seconds * 2 ** (attempts - 1), 30.0))
+                    time.sleep(backoff_delay(attempts, backoff_seconds, 30.0))
             finally:
                 if not conn.invalidated and not conn.closed:
                     try:
                         ledger.release(conn, chunk.id)
-                    except (DBAPIError, psycopg2.Error):
+                    except DATABASE_ERRORS:
                         conn = _fresh_connection(rt, conn, stop)
     finally:
         for reader in readers:
@@ -267,32 +267,50 @@ def _fresh_connection(rt: Runtime, conn: Connection, stop: threading.Event | Non
         conn.execute(text("SELECT 1"))
         conn.commit()
         return conn
-    except (DBAPIError, psycopg2.Error, ResourceClosedError):
+    except DATABASE_ERRORS:
         log.info("target connection lost; reconnecting")
         try:
             conn.invalidate()
             conn.close()
-        except (DBAPIError, psycopg2.Error, ResourceClosedError) as exc:
+        except DATABASE_ERRORS as exc:
             log.debug("closing the lost connection: %s", exc)
-    delay, waited = 0.5, 0.0
-    while True:
-        try:
-            fresh = rt.dbs.target.connect()
-            fresh.execute(text("SELECT 1"))
-            fresh.commit()
-            return fresh
-        except (DBAPIError, psycopg2.Error) as exc:
-            if waited >= RECONNECT_LIMIT_SECONDS:
-                raise DatabaseUnavailable(f"the target database has been unreachable for {waited:.0f} s: "
-                                          f"{error_line(exc)}; re-run when it is back (done chunks are kept)"
-                                          ) from exc
-            log.warning("target database unreachable (%s); retrying in %.1f s", error_line(exc), delay)
-            if stop is not None and stop.wait(delay):
-                raise DatabaseUnavailable("stopped while the target database was unreachable") from exc
-            if stop is None:
-                time.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 10.0)
+    return _reconnect(rt, stop)
+
+
+class _Stopped(Exception):
+    """The stop event was set while waiting for the target database."""
+
+
+def _reconnect(rt: Runtime, stop: threading.Event | None) -> Connection:
+    """A new target connection, waiting out an outage (0.5 s doubling to 10 s, for at most RECONNECT_LIMIT_SECONDS)."""
+    def connect() -> Connection:
+        fresh = rt.dbs.target.connect()
+        fresh.execute(text("SELECT 1"))
+        fresh.commit()
+        return fresh
+
+    def pause(seconds: float) -> None:
+        if stop is None:
+            time.sleep(seconds)
+        elif stop.wait(seconds):
+            raise _Stopped
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("target database unreachable (%s); retrying in %.1f s", error_line(exc) if exc else "?",
+                    state.next_action.sleep if state.next_action else 0.0)
+
+    retrying = Retrying(retry=retry_if_exception_type(DATABASE_ERRORS), wait=wait_exponential(multiplier=0.5, max=10.0),
+                        stop=lambda state: state.idle_for >= RECONNECT_LIMIT_SECONDS, sleep=pause,
+                        before_sleep=before_sleep, reraise=True)
+    try:
+        return retrying(connect)
+    except _Stopped as stopped:
+        raise DatabaseUnavailable("stopped while the target database was unreachable") from stopped.__context__
+    except DATABASE_ERRORS as exc:
+        waited = retrying.statistics.get("idle_for", RECONNECT_LIMIT_SECONDS)
+        raise DatabaseUnavailable(f"the target database has been unreachable for {waited:.0f} s: "
+                                  f"{error_line(exc)}; re-run when it is back (done chunks are kept)") from exc
 
 
 def _worker_process(settings: Settings, ships: list[str], max_attempts: int, backoff: float, log_level: int,

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import click
 import psycopg2
-from sqlalchemy.exc import SQLAlchemyError
 
 from narrow2wide.common.config import Settings, load_settings
 from narrow2wide.common.errors import ConfigError, MigratorError, NotImplementedYet, one_line
 from narrow2wide.common.jsonable import to_jsonable
+from narrow2wide.common.retry import DATABASE_ERRORS
 
 log = logging.getLogger("main")
 
@@ -167,7 +167,7 @@ def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> No
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except (SQLAlchemyError, psycopg2.Error) as exc:  # a connection lost mid-run, or an unexpected SQL error
+    except DATABASE_ERRORS as exc:  # a connection lost mid-run, or an unexpected SQL error
         log.debug("database error", exc_info=True)
         if debug:
             traceback.print_exc()

@@ -13,45 +13,53 @@ class MigratorError(Exception):
     exit_code = 1
 
 
-class ConfigError(MigratorError):
+class RetryableError(MigratorError):
+    """A run-time failure another attempt may get past (the backfill and realtime loops retry it)."""
+
+
+class FatalError(MigratorError):
+    """A failure no retry mends (settings, a missing step, a conflicting request): the run stops and says why."""
+
+
+class ConfigError(FatalError):
     """Invalid or missing settings; the message names every bad variable. Exit code 2."""
 
     exit_code = 2
 
 
-class DatabaseUnavailable(MigratorError):
+class DatabaseUnavailable(RetryableError):
     """The database cannot be reached or refused the connection."""
 
 
-class SourceError(MigratorError):
+class SourceError(RetryableError):
     """The source table is missing, malformed or holds no rows for a ship."""
 
 
-class SchemaFileMissing(MigratorError):
+class SchemaFileMissing(FatalError):
     """``--mode tables-only`` (or a later step) found no schema file."""
 
 
-class SchemaError(MigratorError):
+class SchemaError(RetryableError):
     """The wide tables or their metadata do not match what a step needs."""
 
 
-class CutoffConflict(MigratorError):
+class CutoffConflict(FatalError):
     """A cutoff given on the command line differs from the stored one."""
 
 
-class StateError(MigratorError):
+class StateError(RetryableError):
     """A state file (cutoff store, schema file) is unreadable or unwritable."""
 
 
-class ChunkFailures(MigratorError):
+class ChunkFailures(FatalError):
     """A backfill ended with one or more chunks marked failed."""
 
 
-class LockHeld(MigratorError):
+class LockHeld(RetryableError):
     """Another process holds the lock of a ship."""
 
 
-class NotImplementedYet(MigratorError):
+class NotImplementedYet(FatalError):
     """A mode that exists on the command line but is not built yet. Exit code 2."""
 
     exit_code = 2

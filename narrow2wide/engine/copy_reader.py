@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import psycopg2
 
-from narrow2wide.common.errors import MigratorError, one_line
+from narrow2wide.common.errors import RetryableError, one_line
 
 if TYPE_CHECKING:  # the helper process runs this module: it imports only what it needs to read
     from sqlalchemy.engine import Connection, Engine
@@ -37,7 +37,7 @@ _MODULE = "narrow2wide.engine.copy_reader"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds the narrow2wide package
 
 
-class SourceReadError(MigratorError):
+class SourceReadError(RetryableError):
     """The helper process could not read a block (the database error it got, in one line)."""
 
 

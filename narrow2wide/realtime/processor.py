@@ -20,12 +20,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import psycopg2
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 
 from narrow2wide.common.errors import LockHeld, MigratorError, error_line
+from narrow2wide.common.retry import DATABASE_ERRORS, RETRYABLE, backoff_delay
 from narrow2wide.common.stopping import stop_on_signals
 from narrow2wide.db.catalogue import database_now, newest_wide_times, resolve_ships
 from narrow2wide.db.database import raw_cursor
@@ -50,7 +50,6 @@ FUTURE_TOLERANCE = timedelta(minutes=5)  # newer created_time than now + this is
 HOUR = timedelta(hours=1)
 # what a cycle (or a streaming step) survives: logged, the connections re-made, tried again later
 # (ValueError: a value the pivot could not encode; the backfill counts it as a chunk failure too)
-RETRYABLE = (MigratorError, DBAPIError, SQLAlchemyError, psycopg2.Error, OSError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,7 @@ class ShipLocks:
             if self._conn is not None:
                 self._conn.execute(text("SELECT 1"))
                 return
-        except (SQLAlchemyError, psycopg2.Error):
+        except DATABASE_ERRORS:
             log.warning("the connection holding the realtime locks was lost; taking them again")
             self.release()
         self.acquire(wait=False)
@@ -184,7 +183,7 @@ class ShipLocks:
             try:
                 self._conn.invalidate()
                 self._conn.close()
-            except (SQLAlchemyError, psycopg2.Error):
+            except DATABASE_ERRORS:
                 log.debug("closing the lock connection failed", exc_info=True)
             self._conn = None
 
@@ -576,10 +575,10 @@ def run_realtime(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: RealtimeOpti
             while True:
                 try:
                     locks.check()
-                except (SQLAlchemyError, psycopg2.Error) as exc:  # the database is away: a failed cycle
+                except DATABASE_ERRORS as exc:  # the database is away: a failed cycle
                     failures += 1
                     consecutive += 1
-                    wait = min(2.0 ** (consecutive - 1), 60.0)
+                    wait = backoff_delay(consecutive, 1.0, 60.0)
                     log.warning("cannot take the realtime locks (%s); retrying in %.1f s (%d failed cycle(s) "
                                 "in a row)", error_line(exc), wait, consecutive)
                     if opts.once:
@@ -610,7 +609,7 @@ def run_realtime(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: RealtimeOpti
                     break
                 wait = opts.interval_minutes * 60 - cycle.seconds
                 if consecutive:
-                    wait = max(wait, min(2.0 ** (consecutive - 1), 60.0))
+                    wait = max(wait, backoff_delay(consecutive, 1.0, 60.0))
                     log.warning("retrying in %.1f s (%d failed cycle(s) in a row)", wait, consecutive)
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())

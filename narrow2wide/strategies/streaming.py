@@ -14,11 +14,12 @@ from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 from narrow2wide.common.errors import error_line
+from narrow2wide.common.retry import RETRYABLE, backoff_delay
 from narrow2wide.common.stopping import stop_on_signals
 from narrow2wide.db.catalogue import database_now, resolve_ships
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.engine.window_migrator import ShipPlanCache
-from narrow2wide.realtime.processor import RETRYABLE, ShipLocks, source_clock, write_window
+from narrow2wide.realtime.processor import ShipLocks, source_clock, write_window
 from narrow2wide.store.cutoff_store import CutoffStore
 from narrow2wide.strategies.base import Strategy, StrategyOptions, StrategyResult, deadline_timer
 
@@ -73,7 +74,7 @@ class StreamingStrategy(Strategy):
                             behind = behind or step[1]
                     consecutive = consecutive + 1 if failed else 0
                     if consecutive:
-                        wait = min(opts.backoff_seconds * 2.0 ** (consecutive - 1), 60.0)
+                        wait = backoff_delay(consecutive, opts.backoff_seconds, 60.0)
                         log.warning("retrying in %.1f s (%d failed round(s) in a row)", wait, consecutive)
                         if stop.wait(wait):
                             break
