@@ -16,13 +16,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from narrow2wide.common.fits import value_text_sql
 from narrow2wide.db.catalogue import load_ship_layout, resolve_ships
 from narrow2wide.db.database import qi, qualified, raw_cursor
 from narrow2wide.db.lock_keys import take_write_locks
 from narrow2wide.db.narrow_source import ship_read_settings
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.engine.pivot import PivotPlan
-from narrow2wide.engine.window_migrator import migrate_window
+from narrow2wide.engine.window_migrator import ShipPlanCache, migrate_window
 from narrow2wide.store.chunk_ledger import ChunkLedger
 from narrow2wide.store.cutoff_store import CutoffStore
 
@@ -30,18 +31,7 @@ log = logging.getLogger("validator")  # the name the log file has always shown
 HOUR = timedelta(hours=1)
 
 # the value of a narrow row as its wide column renders it; NULL when the row is rejected
-_NARROW_VALUE = """CASE m.ty
-  WHEN 'double precision' THEN CASE s.value_format WHEN 'Decimal' THEN s.double_v::text
-                                                   WHEN 'Integer' THEN s.long_v::float8::text END
-  WHEN 'bigint' THEN CASE s.value_format WHEN 'Integer' THEN s.long_v::text
-      WHEN 'Decimal' THEN CASE WHEN s.double_v = trunc(s.double_v)
-                                AND s.double_v >= CAST(-9223372036854775808 AS float8)
-                                AND s.double_v < CAST(9223372036854775808 AS float8)
-                               THEN s.double_v::bigint::text END END
-  WHEN 'boolean' THEN CASE WHEN s.value_format = 'Boolean' THEN s.bool_v::text END
-  ELSE CASE s.value_format WHEN 'String' THEN s.str_v WHEN 'Decimal' THEN s.double_v::text
-                           WHEN 'Integer' THEN s.long_v::text WHEN 'Boolean' THEN s.bool_v::text END
-END"""
+_NARROW_VALUE = value_text_sql()  # from the one rule of what fits (common/fits.py)
 
 
 @dataclass(frozen=True)
@@ -233,8 +223,6 @@ def compare_ship(rt: Runtime, ship_id: str, only: list[datetime] | None = None) 
 
 def repair_buckets(rt: Runtime, ship_id: str, buckets: list[datetime]) -> None:
     """Re-migrate whole hours, replacing their wide rows with the pivot of the source."""
-    from narrow2wide.engine.window_migrator import ShipPlanCache
-
     cache = ShipPlanCache(rt)
     with rt.dbs.source.connect() as sconn:
         time_type = rt.source.time_type(sconn)

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
+from narrow2wide.common.fits import BIGINT_END, BIGINT_MIN
 from narrow2wide.common.model import ShipSchema
 from narrow2wide.db.narrow_source import ship_read_settings
 
@@ -684,7 +685,7 @@ def _reasons(plan: PivotPlan, rows: _KnownRows) -> tuple[np.ndarray, np.ndarray]
     if to_int.any():
         d = rows.d[to_int]
         with np.errstate(invalid="ignore"):
-            fits = np.isfinite(d) & (np.floor(d) == d) & (d >= -(2.0**63)) & (d < 2.0**63)
+            fits = np.isfinite(d) & (np.floor(d) == d) & (d >= BIGINT_MIN) & (d < BIGINT_END)  # common/fits.py
         bad = np.flatnonzero(to_int)[~fits]
         reason[bad] = 6
     return reason, kind

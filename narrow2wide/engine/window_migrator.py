@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from narrow2wide.common.durable import write_durably
 from narrow2wide.common.errors import SchemaError
+from narrow2wide.common.fits import fits_sql
 from narrow2wide.common.model import TIME_COLUMN, short_hash
 from narrow2wide.db.catalogue import load_ship_layout, load_ship_layouts
 from narrow2wide.db.database import raw_cursor
@@ -345,16 +346,7 @@ def reject_file(rt: Runtime, ship_id: str, start: datetime, end: datetime) -> Pa
     return rt.settings.reject_dir / safe_ship / name
 
 
-_FITS = """CASE m.ty
-  WHEN 'double precision' THEN CASE s.value_format WHEN 'Decimal' THEN s.double_v IS NOT NULL
-                                                   WHEN 'Integer' THEN s.long_v IS NOT NULL END
-  WHEN 'bigint' THEN CASE s.value_format WHEN 'Integer' THEN s.long_v IS NOT NULL
-      WHEN 'Decimal' THEN s.double_v = trunc(s.double_v) AND s.double_v >= CAST(-9223372036854775808 AS float8)
-                          AND s.double_v < CAST(9223372036854775808 AS float8) END
-  WHEN 'boolean' THEN s.value_format = 'Boolean' AND s.bool_v IS NOT NULL
-  ELSE CASE s.value_format WHEN 'String' THEN s.str_v IS NOT NULL WHEN 'Decimal' THEN s.double_v IS NOT NULL
-                           WHEN 'Integer' THEN s.long_v IS NOT NULL WHEN 'Boolean' THEN s.bool_v IS NOT NULL END
-END IS TRUE"""
+_FITS = fits_sql()  # the one rule of what fits, in SQL (common/fits.py)
 _TYPE_OF_KIND = {0: "double precision", 1: "bigint", 2: "boolean", 3: "text"}
 
 
