@@ -101,3 +101,18 @@ def test_to_jsonable_turns_dataclasses_times_and_paths_into_plain_values(tmp_pat
 
     value = to_jsonable({"items": (Item(datetime(2024, 1, 2, 3, 4, 5), tmp_path),)})
     assert value == {"items": [{"when": "2024-01-02 03:04:05", "where": str(tmp_path), "lock": None}]}
+
+
+def test_cut_window_repeats_the_last_step_and_ends_at_the_end():
+    from datetime import datetime, timedelta
+
+    from narrow2wide.common.windows import cut_window
+
+    t0 = datetime(2024, 1, 1)
+    hour = timedelta(hours=1)
+    assert cut_window(t0, t0 + 2.5 * hour, [hour]) == [(t0, t0 + hour), (t0 + hour, t0 + 2 * hour),
+                                                       (t0 + 2 * hour, t0 + 2.5 * hour)]
+    steps = [hour / 4, hour / 2, hour]
+    pieces = cut_window(t0, t0 + 3 * hour, steps)
+    assert [b - a for a, b in pieces] == [hour / 4, hour / 2, hour, hour, hour / 4]
+    assert cut_window(t0, t0, [hour]) == []

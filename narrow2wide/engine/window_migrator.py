@@ -25,6 +25,7 @@ from narrow2wide.common.durable import write_durably
 from narrow2wide.common.errors import SchemaError
 from narrow2wide.common.fits import fits_sql
 from narrow2wide.common.model import TIME_COLUMN, short_hash
+from narrow2wide.common.windows import cut_window
 from narrow2wide.db.catalogue import load_ship_layout, load_ship_layouts
 from narrow2wide.db.database import raw_cursor
 from narrow2wide.db.narrow_source import SourceTable
@@ -153,13 +154,7 @@ def _blocks(start: datetime, end: datetime, count: int) -> list[tuple[datetime, 
     step = max(span / count, BLOCK_MIN)
     minutes = max(1, round(step.total_seconds() / 60))
     ramp = [max(1, minutes // 4), max(1, minutes // 2)] if span > 2 * BLOCK_MIN else []
-    out = []
-    a = start
-    while a < end:
-        b = min(a + timedelta(minutes=ramp.pop(0) if ramp else minutes), end)
-        out.append((a, b))
-        a = b
-    return out or [(start, end)]
+    return cut_window(start, end, [timedelta(minutes=m) for m in [*ramp, minutes]]) or [(start, end)]
 
 
 class WindowTally:

@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from narrow2wide.common.errors import LockHeld, MigratorError, error_line
 from narrow2wide.common.retry import DATABASE_ERRORS, RETRYABLE, backoff_delay
 from narrow2wide.common.stopping import stop_on_signals
+from narrow2wide.common.windows import cut_window
 from narrow2wide.db.catalogue import database_now, newest_wide_times, resolve_ships
 from narrow2wide.db.database import raw_cursor
 from narrow2wide.db.lock_keys import realtime_key, take_write_locks
@@ -237,12 +238,7 @@ def write_window(rt: Runtime, cache: ShipPlanCache, ship_id: str, start: datetim
 
 def _pieces(start: datetime, end: datetime, hours: int) -> list[tuple[datetime, datetime]]:
     """``[start, end)`` cut into pieces of at most ``hours`` (a long outage is caught up piece by piece)."""
-    step = timedelta(hours=hours)
-    out = []
-    while start < end:
-        out.append((start, min(start + step, end)))
-        start = out[-1][1]
-    return out
+    return cut_window(start, end, [timedelta(hours=hours)])
 
 
 @dataclass

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from narrow2wide.common.windows import cut_window
 from narrow2wide.db.database import qualified
 from narrow2wide.db.lock_keys import chunk_key
 
@@ -82,12 +83,7 @@ class ChunkLedger:
                                    "WHERE ship_id = :s"), {"s": ship_id}).one()
         start = first.replace(minute=0, second=0, microsecond=0)
         gaps = [(start, cutoff)] if lo is None else [(start, min(lo, cutoff)), (max(hi, start), cutoff)]
-        windows = []
-        for a, b in gaps:
-            while a < b:
-                end = min(a + timedelta(hours=hours), b)
-                windows.append((a, end))
-                a = end
+        windows = [w for a, b in gaps for w in cut_window(a, b, [timedelta(hours=hours)])]
         if not windows:
             return 0
         ts = self._ts(conn)
