@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from narrow2wide.common.config import Settings
 from narrow2wide.db.database import Databases, open_databases
@@ -16,9 +17,9 @@ class Runtime:
     settings: Settings
     dbs: Databases
 
-    @property
+    @cached_property
     def source(self) -> SourceTable:
-        """The narrow source table."""
+        """The narrow source table (one immutable object for the runtime's life)."""
         return SourceTable(self.settings.source_schema, self.settings.source_table)
 
     def close(self) -> None:
