@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -145,12 +145,8 @@ def _positive_int(name: str, raw: str, problems: list[str], minimum: int = 1) ->
     return value
 
 
-def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
-    """Build :class:`Settings` from ``environ`` (default: the process environment) and ``env_file``.
-
-    Values in the environment win over the file. Every invalid or missing variable is
-    reported at once in one :class:`ConfigError`.
-    """
+def _read_env(environ: Mapping[str, str] | None, env_file: str | Path | None) -> Callable[[str], str]:
+    """A lookup of a variable: the environment, else ``env_file``, else :data:`DEFAULTS` (stripped)."""
     env: dict[str, str] = {}
     if env_file is not None and Path(env_file).is_file():
         from dotenv import dotenv_values
@@ -161,50 +157,60 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
     def get(name: str) -> str:
         return env.get(name, DEFAULTS.get(name, "")).strip()
 
-    problems: list[str] = []
+    return get
 
-    database_url: str | None = None
+
+def _source_url(get: Callable[[str], str], problems: list[str]) -> str | None:
+    """The source database URL from DATABASE_URL, or from DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD."""
     if get("DATABASE_URL"):
-        database_url = _normalise_url("DATABASE_URL", get("DATABASE_URL"), problems)
-    elif any(get(n) for n in ("DB_HOST", "DB_NAME", "DB_USER")):
-        missing = [n for n in ("DB_HOST", "DB_NAME", "DB_USER") if not get(n)]
-        if missing:
-            problems.append("DB_HOST, DB_NAME and DB_USER go together; missing " + ", ".join(missing))
-        port = get("DB_PORT") or "5432"
-        _positive_int("DB_PORT", port, problems)
-        if not missing:
-            from sqlalchemy.engine import URL
+        return _normalise_url("DATABASE_URL", get("DATABASE_URL"), problems)
+    if not any(get(n) for n in ("DB_HOST", "DB_NAME", "DB_USER")):
+        return None
+    missing = [n for n in ("DB_HOST", "DB_NAME", "DB_USER") if not get(n)]
+    if missing:
+        problems.append("DB_HOST, DB_NAME and DB_USER go together; missing " + ", ".join(missing))
+    port = get("DB_PORT") or "5432"
+    _positive_int("DB_PORT", port, problems)
+    if missing:
+        return None
+    from sqlalchemy.engine import URL
 
-            database_url = URL.create(
-                "postgresql+psycopg2",
-                username=get("DB_USER"),
-                password=get("DB_PASSWORD") or None,
-                host=get("DB_HOST"),
-                port=int(port) if port.isdigit() else None,
-                database=get("DB_NAME"),
-            ).render_as_string(hide_password=False)
+    return URL.create(
+        "postgresql+psycopg2",
+        username=get("DB_USER"),
+        password=get("DB_PASSWORD") or None,
+        host=get("DB_HOST"),
+        port=int(port) if port.isdigit() else None,
+        database=get("DB_NAME"),
+    ).render_as_string(hide_password=False)
 
-    target_url: str | None = None
-    if get("TARGET_DATABASE_URL"):
-        target_url = _normalise_url("TARGET_DATABASE_URL", get("TARGET_DATABASE_URL"), problems)
-        if database_url is None and not problems:
-            problems.append("TARGET_DATABASE_URL needs DATABASE_URL (or DB_HOST...) for the source as well")
 
+def _target_url(get: Callable[[str], str], database_url: str | None, problems: list[str]) -> str | None:
+    """TARGET_DATABASE_URL, which needs a source URL as well."""
+    if not get("TARGET_DATABASE_URL"):
+        return None
+    target_url = _normalise_url("TARGET_DATABASE_URL", get("TARGET_DATABASE_URL"), problems)
+    if database_url is None and not problems:
+        problems.append("TARGET_DATABASE_URL needs DATABASE_URL (or DB_HOST...) for the source as well")
+    return target_url
+
+
+def _names(get: Callable[[str], str], problems: list[str]) -> tuple[str, str, str]:
+    """(source schema, source table, target schema) from SOURCE_TABLE and TARGET_SCHEMA."""
     source_schema, source_table = "tenant", "tbl_data_timeseries"
     match = _TABLE_RE.match(get("SOURCE_TABLE"))
     if match is None:
         problems.append(f"SOURCE_TABLE must be a table name like schema.table, got '{shown(get('SOURCE_TABLE'))}'")
     else:
         source_schema, source_table = match.group(1) or "public", match.group(2)
-
     target_schema = get("TARGET_SCHEMA")
     if not re.fullmatch(_IDENT, target_schema):
         problems.append(f"TARGET_SCHEMA must be a schema name (letters, digits, _), got '{shown(target_schema)}'")
+    return source_schema, source_table, target_schema
 
-    ship_ids = tuple(s.strip() for s in get("TARGET_SHIP_IDS").split(",") if s.strip())
-    chunk_hours = _positive_int("CHUNK_HOURS", get("CHUNK_HOURS"), problems)
-    lookback = _positive_int("REALTIME_LOOKBACK_MINUTES", get("REALTIME_LOOKBACK_MINUTES"), problems, minimum=0)
 
+def _timezone(get: Callable[[str], str], problems: list[str]) -> str:
+    """SOURCE_TIMEZONE, checked to be a zone this Python knows."""
     timezone = get("SOURCE_TIMEZONE")
     try:
         from zoneinfo import ZoneInfo
@@ -212,13 +218,28 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         ZoneInfo(timezone)
     except Exception:  # noqa: BLE001 - any lookup failure means the name is unusable
         problems.append(f"SOURCE_TIMEZONE must be an IANA zone name like UTC or Europe/Oslo, got '{shown(timezone)}'")
+    return timezone
 
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
+    """Build :class:`Settings` from ``environ`` (default: the process environment) and ``env_file``.
+
+    Values in the environment win over the file. Every invalid or missing variable is
+    reported at once in one :class:`ConfigError`.
+    """
+    get = _read_env(environ, env_file)
+    problems: list[str] = []
+    database_url = _source_url(get, problems)
+    target_url = _target_url(get, database_url, problems)
+    source_schema, source_table, target_schema = _names(get, problems)
+    ship_ids = tuple(s.strip() for s in get("TARGET_SHIP_IDS").split(",") if s.strip())
+    chunk_hours = _positive_int("CHUNK_HOURS", get("CHUNK_HOURS"), problems)
+    lookback = _positive_int("REALTIME_LOOKBACK_MINUTES", get("REALTIME_LOOKBACK_MINUTES"), problems, minimum=0)
+    timezone = _timezone(get, problems)
     state_dir = Path(get("STATE_DIR") or "./state")
     pgdata = Path(get("EMBEDDED_PGDATA")) if get("EMBEDDED_PGDATA") else state_dir / "pgdata"
-
     if problems:
         raise ConfigError("invalid settings: " + "; ".join(problems))
-
     return Settings(
         database_url=database_url,
         target_database_url=target_url,
