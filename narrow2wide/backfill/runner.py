@@ -209,41 +209,16 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
                 conn = _fresh_connection(rt, conn, stop)
                 continue
             if chunk is None:
-                if held == 0:
+                if held == 0 or _wait_for_held(held, waited, stop):
                     break
-                if waited == 0.0:
-                    log.info("waiting for %d chunk(s) held by other sessions", held)
-                pause = min(0.2 + waited / 10, 2.0)
-                if stop is not None and stop.wait(pause):
-                    break
-                if stop is None:
-                    time.sleep(pause)
-                waited += pause
+                waited += min(0.2 + waited / 10, 2.0)
                 continue
             waited = 0.0
             try:
                 stats.rows_read += process_chunk(rt, conn, ledger, cache, chunk, time_type, readers)
                 stats.chunks_done += 1
             except RETRYABLE as exc:
-                if isinstance(exc, UnknownChannels):
-                    cache.get(conn, chunk.ship_id, refresh=True)
-                error = error_line(exc)
-                attempts = chunk.attempts + 1
-                give_up = attempts >= max_attempts
-                stats.attempts_failed += 1
-                stats.errors.append(error)
-                log.warning("chunk %s %s..%s failed (attempt %d of %d): %s", chunk.ship_id, chunk.start, chunk.end,
-                            attempts, max_attempts, error)
-                conn = _fresh_connection(rt, conn, stop)
-                try:
-                    ledger.mark_error(conn, chunk, error, failed=give_up)
-                except DATABASE_ERRORS as exc2:  # lost again: the chunk stays claimable
-                    log.warning("recording the failure failed: %s", error_line(exc2))
-                    conn = _fresh_connection(rt, conn, stop)
-                if give_up:
-                    stats.chunks_failed += 1
-                else:
-                    time.sleep(backoff_delay(attempts, backoff_seconds, 30.0))
+                conn = _chunk_failed(rt, conn, ledger, cache, chunk, exc, stats, max_attempts, backoff_seconds, stop)
             finally:
                 if not conn.invalidated and not conn.closed:
                     try:
@@ -255,6 +230,47 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
             reader.close()
         conn.close()
     return stats
+
+
+def _wait_for_held(held: int, waited: float, stop: threading.Event | None) -> bool:
+    """Pause while ``held`` unfinished chunks are held by other sessions; True when ``stop`` was set."""
+    if waited == 0.0:
+        log.info("waiting for %d chunk(s) held by other sessions", held)
+    pause = min(0.2 + waited / 10, 2.0)
+    if stop is not None and stop.wait(pause):
+        return True
+    if stop is None:
+        time.sleep(pause)
+    return False
+
+
+def _chunk_failed(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: ShipPlanCache, chunk: Chunk,
+                  exc: BaseException, stats: WorkerStats, max_attempts: int, backoff_seconds: float,
+                  stop: threading.Event | None) -> Connection:
+    """Record a failed attempt of ``chunk`` (failed for good after ``max_attempts``), then back off.
+
+    Returns the connection to go on with (a fresh one when the old one was lost).
+    """
+    if isinstance(exc, UnknownChannels):
+        cache.get(conn, chunk.ship_id, refresh=True)
+    error = error_line(exc)
+    attempts = chunk.attempts + 1
+    give_up = attempts >= max_attempts
+    stats.attempts_failed += 1
+    stats.errors.append(error)
+    log.warning("chunk %s %s..%s failed (attempt %d of %d): %s", chunk.ship_id, chunk.start, chunk.end,
+                attempts, max_attempts, error)
+    conn = _fresh_connection(rt, conn, stop)
+    try:
+        ledger.mark_error(conn, chunk, error, failed=give_up)
+    except DATABASE_ERRORS as exc2:  # lost again: the chunk stays claimable
+        log.warning("recording the failure failed: %s", error_line(exc2))
+        conn = _fresh_connection(rt, conn, stop)
+    if give_up:
+        stats.chunks_failed += 1
+    else:
+        time.sleep(backoff_delay(attempts, backoff_seconds, 30.0))
+    return conn
 
 
 RECONNECT_LIMIT_SECONDS = 300.0  # how long a worker waits for a lost target database before it gives up

@@ -560,64 +560,106 @@ def run_realtime(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: RealtimeOpti
     locks.acquire(wait=opts.wait_for_lock)
     fleet_read = fleet_read_pays(rt, ships)
     memory = memory if memory is not None else ProcessorMemory()
-    cache = memory.plans = memory.plans or ShipPlanCache(rt)
-    written = memory.written
-    deadline = time.monotonic() + opts.run_for if opts.run_for is not None else None
-    last: CycleResult | None = None
-    cycles = failures = consecutive = rows = cells = 0
-    reason = "once"
+    memory.plans = memory.plans or ShipPlanCache(rt)
+    loop = _RealtimeLoop(rt, memory.plans, store, clock, ships, opts, stop, fleet_read, memory.written, on_cycle,
+                         time.monotonic() + opts.run_for if opts.run_for is not None else None)
     try:
         with (stop_on_signals(stop) if opts.install_signal_handlers else nullcontext(stop)):
-            while True:
-                try:
-                    locks.check()
-                except DATABASE_ERRORS as exc:  # the database is away: a failed cycle
-                    failures += 1
-                    consecutive += 1
-                    wait = backoff_delay(consecutive, 1.0, 60.0)
-                    log.warning("cannot take the realtime locks (%s); retrying in %.1f s (%d failed cycle(s) "
-                                "in a row)", error_line(exc), wait, consecutive)
-                    if opts.once:
-                        raise
-                    if stop.wait(wait):
-                        reason = "signal"
-                        break
-                    if deadline is not None and time.monotonic() >= deadline:
-                        reason = "run-for"
-                        break
-                    continue
-                cycle = last = run_cycle(rt, cache, store, clock, ships, opts, cycles + 1, fleet_read, written)
-                cycles += 1
-                rows += cycle.rows_read
-                cells += sum(s.cells_written for s in cycle.ships)
-                if on_cycle is not None:
-                    on_cycle(cycle)
-                if not cycle.ok:
-                    failures += 1
-                    consecutive += 1
-                else:
-                    consecutive = 0
-                if opts.once:
-                    reason = "once"
-                    break
-                if opts.max_cycles is not None and cycles >= opts.max_cycles:
-                    reason = "max-cycles"
-                    break
-                wait = opts.interval_minutes * 60 - cycle.seconds
-                if consecutive:
-                    wait = max(wait, backoff_delay(consecutive, 1.0, 60.0))
-                    log.warning("retrying in %.1f s (%d failed cycle(s) in a row)", wait, consecutive)
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                if stop.wait(max(wait, 0.0)):
-                    reason = "signal"
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    reason = "run-for"
-                    break
+            loop.run(locks)
     finally:
         locks.release()
     return RealtimeResult(
-        cycles=cycles, failed_cycles=failures, rows_read=rows, cells_written=cells, stopped_because=reason,
-        last=last)
+        cycles=loop.cycles, failed_cycles=loop.failures, rows_read=loop.rows, cells_written=loop.cells,
+        stopped_because=loop.reason, last=loop.last)
+
+
+@dataclass
+class _RealtimeLoop:
+    """The cycles of one :func:`run_realtime` call and what they add up to."""
+
+    rt: Runtime
+    cache: ShipPlanCache
+    store: CutoffStore
+    clock: SourceClock
+    ships: list[str]
+    opts: RealtimeOptions
+    stop: threading.Event
+    fleet_read: bool
+    written: WrittenRows
+    on_cycle: Callable[[CycleResult], None] | None
+    deadline: float | None
+    last: CycleResult | None = None
+    cycles: int = 0
+    failures: int = 0
+    consecutive: int = 0
+    rows: int = 0
+    cells: int = 0
+    reason: str = "once"
+
+    def _sleep(self, wait: float) -> str | None:
+        """Wait ``wait`` seconds: the reason to stop (a signal, ``--run-for`` over), or None to go on."""
+        if self.stop.wait(wait):
+            return "signal"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "run-for"
+        return None
+
+    def _locks_lost(self, exc: BaseException) -> str | None:
+        """The database is away while checking the locks: a failed cycle, retried after a backoff."""
+        self.failures += 1
+        self.consecutive += 1
+        wait = backoff_delay(self.consecutive, 1.0, 60.0)
+        log.warning("cannot take the realtime locks (%s); retrying in %.1f s (%d failed cycle(s) "
+                    "in a row)", error_line(exc), wait, self.consecutive)
+        if self.opts.once:
+            raise exc
+        return self._sleep(wait)
+
+    def _count(self, cycle: CycleResult) -> None:
+        self.last = cycle
+        self.cycles += 1
+        self.rows += cycle.rows_read
+        self.cells += sum(s.cells_written for s in cycle.ships)
+        if self.on_cycle is not None:
+            self.on_cycle(cycle)
+        if not cycle.ok:
+            self.failures += 1
+            self.consecutive += 1
+        else:
+            self.consecutive = 0
+
+    def _next_wait(self, cycle: CycleResult) -> float:
+        wait = self.opts.interval_minutes * 60 - cycle.seconds
+        if self.consecutive:
+            wait = max(wait, backoff_delay(self.consecutive, 1.0, 60.0))
+            log.warning("retrying in %.1f s (%d failed cycle(s) in a row)", wait, self.consecutive)
+        if self.deadline is not None:
+            wait = min(wait, self.deadline - time.monotonic())
+        return max(wait, 0.0)
+
+    def run(self, locks: ShipLocks) -> None:
+        """Cycles until ``once``, ``max_cycles``, ``--run-for`` or a stop signal; :attr:`reason` says which."""
+        opts = self.opts
+        while True:
+            try:
+                locks.check()
+            except DATABASE_ERRORS as exc:  # the database is away: a failed cycle
+                reason = self._locks_lost(exc)
+                if reason is not None:
+                    self.reason = reason
+                    return
+                continue
+            cycle = run_cycle(self.rt, self.cache, self.store, self.clock, self.ships, opts, self.cycles + 1,
+                              self.fleet_read, self.written)
+            self._count(cycle)
+            if opts.once:
+                self.reason = "once"
+                return
+            if opts.max_cycles is not None and self.cycles >= opts.max_cycles:
+                self.reason = "max-cycles"
+                return
+            reason = self._sleep(self._next_wait(cycle))
+            if reason is not None:
+                self.reason = reason
+                return
 
