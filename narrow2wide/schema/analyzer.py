@@ -58,17 +58,8 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(sep=" ")
 
 
-def analyze_ship(
-    rt: Runtime,
-    ship_id: str,
-    sample_hours: float | None = None,
-    column_style: str = "id",
-    routing: dict[str, int] | None = None,
-    previous: ShipSchema | None = None,
-    time_type: str = "timestamp without time zone",
-    taken_tables: set[str] | None = None,
-) -> ShipSchema:
-    """Analyse one ship and lay out its wide tables, keeping ``previous`` decisions."""
+def _read_ship(rt: Runtime, ship_id: str, sample_hours: float | None) -> tuple[list[str], dict, dict]:
+    """The ship's channels, each channel's first and last (time, format), and format counts (of a sample)."""
     src = rt.source
     with rt.dbs.source.connect() as conn:
         channels = src.channels(conn, ship_id)
@@ -81,7 +72,21 @@ def analyze_ship(
             since = newest - timedelta(hours=sample_hours)
         with ship_read_settings(raw_cursor(conn)):  # by primary key, this ship's rows only
             counts = src.format_counts(conn, ship_id, since, channels)
+    return channels, bounds, counts
 
+
+def analyze_ship(
+    rt: Runtime,
+    ship_id: str,
+    sample_hours: float | None = None,
+    column_style: str = "id",
+    routing: dict[str, int] | None = None,
+    previous: ShipSchema | None = None,
+    time_type: str = "timestamp without time zone",
+    taken_tables: set[str] | None = None,
+) -> ShipSchema:
+    """Analyse one ship and lay out its wide tables, keeping ``previous`` decisions."""
+    channels, bounds, counts = _read_ship(rt, ship_id, sample_hours)
     prev_map = previous.channel_map() if previous else {}
     infos: dict[str, dict] = {}
     conflicts, unknown, drift = [], [], []
