@@ -6,9 +6,11 @@ Each handler returns ``(result, exit_code)``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import partial
 
+from narrow2wide.cli.stopping import stop_on_signals
 from narrow2wide.common.config import Settings
 from narrow2wide.db.runtime import open_runtime
 from narrow2wide.strategies import REGISTRY
@@ -25,7 +27,8 @@ def demo(settings: Settings, opts: dict) -> tuple[object, int]:
     with open_runtime(settings) as rt:
         if opts["seed_only"]:
             return seed_demo(rt.dbs.source, rt.source, spec), 0
-        result = run_demo(rt, spec)
+        with stop_on_signals(threading.Event()) as stop:
+            result = run_demo(rt, spec, stop=stop)
     return result, 0 if result.ok else 1
 
 
@@ -97,8 +100,8 @@ def realtime(settings: Settings, opts: dict) -> tuple[object, int]:
 
     options = RealtimeOptions(interval_minutes=opts["interval"], once=opts["once"], run_for=opts["run_for"],
                               cursor=opts["cursor"], wait_for_lock=opts["wait_lock"])
-    with open_runtime(settings, "narrow-to-wide realtime") as rt:
-        result = run_realtime(rt, settings.ship_ids, options)
+    with open_runtime(settings, "narrow-to-wide realtime") as rt, stop_on_signals(threading.Event()) as stop:
+        result = run_realtime(rt, settings.ship_ids, options, stop)
     return result, 0 if (result.ok or not opts["once"]) else 1
 
 
@@ -114,8 +117,8 @@ def run_strategy(settings: Settings, opts: dict, name: str) -> tuple[object, int
         interval_minutes=opts["interval"], run_for=opts["run_for"], workers=opts["workers"],
         chunk_hours=opts["chunk_hours"], cutoff_time=opts["cutoff_time"], force=opts["force"],
         cursor=opts["cursor"])
-    with open_runtime(settings, f"narrow-to-wide {name}") as rt:
-        result = strategy.run(rt, settings.ship_ids, options)
+    with open_runtime(settings, f"narrow-to-wide {name}") as rt, stop_on_signals(threading.Event()) as stop:
+        result = strategy.run(rt, settings.ship_ids, options, stop)
     return result, 0 if result.ok else 1
 
 

@@ -8,6 +8,7 @@ and validation. Each step is the library function its ``--mode`` calls.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -42,8 +43,12 @@ class DemoResult:
         return self.strategy.ok and self.final_cycle.ok and self.validation.ok
 
 
-def run_demo(rt: Runtime, spec: DemoSpec | None = None, interval_minutes: float = 0.05) -> DemoResult:
-    """Run the guide end to end on ``spec``'s fleet (see the module docstring)."""
+def run_demo(rt: Runtime, spec: DemoSpec | None = None, interval_minutes: float = 0.05,
+             stop: threading.Event | None = None) -> DemoResult:
+    """Run the guide end to end on ``spec``'s fleet (see the module docstring).
+
+    ``stop`` (set by the CLI on SIGINT/SIGTERM) ends the concurrent step early, as Ctrl-C does.
+    """
     spec = spec or DemoSpec()
     began = time.monotonic()
     steps: list[tuple[str, float]] = []
@@ -67,7 +72,7 @@ def run_demo(rt: Runtime, spec: DemoSpec | None = None, interval_minutes: float 
         step("tables-only", t0)
         t0 = time.monotonic()
         strategy = get_strategy("concurrent").run(rt, (), StrategyOptions(
-            interval_minutes=interval_minutes, stop_when_caught_up=True))
+            interval_minutes=interval_minutes, stop_when_caught_up=True), stop)
         step("concurrent (backfill + realtime until caught up)", t0)
     finally:
         live_rows = writer.stop()

@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -26,7 +25,6 @@ from sqlalchemy.exc import DBAPIError
 
 from narrow2wide.common.errors import LockHeld, MigratorError, error_line
 from narrow2wide.common.retry import DATABASE_ERRORS, RETRYABLE, backoff_delay
-from narrow2wide.common.stopping import stop_on_signals
 from narrow2wide.common.windows import cut_window
 from narrow2wide.db.catalogue import database_now, newest_wide_times, resolve_ships
 from narrow2wide.db.database import raw_cursor
@@ -64,7 +62,7 @@ class RealtimeOptions:
     cursor: str = "created_time"
     settle_seconds: float = 2.0  # the newest seconds are left for the next cycle
     wait_for_lock: bool = False
-    install_signal_handlers: bool = True
+    install_signal_handlers: bool = True  # unused, kept for callers: only the CLI handles signals (cli/stopping.py)
 
 
 @dataclass(frozen=True)
@@ -564,8 +562,7 @@ def run_realtime(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: RealtimeOpti
     loop = _RealtimeLoop(rt, memory.plans, store, clock, ships, opts, stop, fleet_read, memory.written, on_cycle,
                          time.monotonic() + opts.run_for if opts.run_for is not None else None)
     try:
-        with (stop_on_signals(stop) if opts.install_signal_handlers else nullcontext(stop)):
-            loop.run(locks)
+        loop.run(locks)
     finally:
         locks.release()
     return RealtimeResult(

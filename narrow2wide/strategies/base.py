@@ -30,7 +30,7 @@ class StrategyOptions:
     cursor: str = "created_time"
     settle_seconds: float = 2.0
     progress: bool = True
-    install_signal_handlers: bool = True
+    install_signal_handlers: bool = True  # unused, kept for callers: only the CLI handles signals (cli/stopping.py)
     stop_when_caught_up: bool = False  # end once history is done and realtime has caught up (demo)
 
 
@@ -64,7 +64,7 @@ class Strategy(ABC):
     @abstractmethod
     def run(self, rt: Runtime, ship_ids: tuple[str, ...], opts: StrategyOptions,
             stop: threading.Event | None = None) -> StrategyResult:
-        """Run until done, ``opts.run_for`` or ``stop`` (set by SIGINT/SIGTERM when handlers are installed)."""
+        """Run until done, ``opts.run_for`` or ``stop`` (which the CLI sets on SIGINT/SIGTERM)."""
 
 
 def deadline_timer(stop: threading.Event, seconds: float | None) -> threading.Timer | None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import nullcontext
 
 from narrow2wide.backfill.progress import LedgerProgress
 from narrow2wide.backfill.runner import BackfillOptions, BackfillResult, drain_ledger, prepare_backfill
-from narrow2wide.common.stopping import stop_on_signals
 from narrow2wide.db.catalogue import resolve_ships
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.realtime.processor import CycleResult, RealtimeOptions, RealtimeResult, run_realtime
@@ -29,7 +27,7 @@ class RealtimeThread:
         self.last: CycleResult | None = None
         self._changed = threading.Condition()
         options = RealtimeOptions(interval_minutes=opts.interval_minutes, cursor=opts.cursor,
-                                  settle_seconds=opts.settle_seconds, install_signal_handlers=False)
+                                  settle_seconds=opts.settle_seconds)
         self._thread = threading.Thread(target=self._run, args=(rt, tuple(ships), options), name="realtime",
                                         daemon=True)
 
@@ -80,33 +78,32 @@ class ConcurrentStrategy(Strategy):
         started = time.monotonic()
         stop = stop or threading.Event()
         ships = resolve_ships(rt, ship_ids)
-        with stop_on_signals(stop) if opts.install_signal_handlers else nullcontext(stop):
-            timer = deadline_timer(stop, opts.run_for)
-            cutoffs = prepare_backfill(rt, ships, BackfillOptions(cutoff_time=opts.cutoff_time, force=opts.force,
-                                                                  chunk_hours=opts.chunk_hours))
-            realtime = RealtimeThread(rt, ships, opts, stop).start()
-            try:
-                backfill = self.backfill(rt, ships, cutoffs, opts, stop)
-                drained = not stop.is_set() and all(s.pending == 0 for s in backfill.ships)
-                complete = drained and not backfill.failed_chunks
-                if drained:
-                    log.info("backfill %s: %s rows in %.1f s (%s rows/s); realtime keeps running%s",
-                             "done" if complete else f"ended with {len(backfill.failed_chunks)} failed chunk(s)",
-                             f"{backfill.rows_read:,}", backfill.seconds, f"{backfill.rows_per_second:,.0f}",
-                             "" if opts.stop_when_caught_up else " until stopped (Ctrl-C)")
-                reason = None
-                if drained and opts.stop_when_caught_up:
-                    # one full realtime cycle after the backfill: then both sides are current
-                    if realtime.wait_for_good_cycles(realtime.cycles_ok):
-                        reason = "caught-up"
-                        stop.set()
-                while not stop.wait(0.5):
-                    pass
-            finally:
-                stop.set()
-                result = realtime.join()
-                if timer is not None:
-                    timer.cancel()
+        timer = deadline_timer(stop, opts.run_for)
+        cutoffs = prepare_backfill(rt, ships, BackfillOptions(cutoff_time=opts.cutoff_time, force=opts.force,
+                                                              chunk_hours=opts.chunk_hours))
+        realtime = RealtimeThread(rt, ships, opts, stop).start()
+        try:
+            backfill = self.backfill(rt, ships, cutoffs, opts, stop)
+            drained = not stop.is_set() and all(s.pending == 0 for s in backfill.ships)
+            complete = drained and not backfill.failed_chunks
+            if drained:
+                log.info("backfill %s: %s rows in %.1f s (%s rows/s); realtime keeps running%s",
+                         "done" if complete else f"ended with {len(backfill.failed_chunks)} failed chunk(s)",
+                         f"{backfill.rows_read:,}", backfill.seconds, f"{backfill.rows_per_second:,.0f}",
+                         "" if opts.stop_when_caught_up else " until stopped (Ctrl-C)")
+            reason = None
+            if drained and opts.stop_when_caught_up:
+                # one full realtime cycle after the backfill: then both sides are current
+                if realtime.wait_for_good_cycles(realtime.cycles_ok):
+                    reason = "caught-up"
+                    stop.set()
+            while not stop.wait(0.5):
+                pass
+        finally:
+            stop.set()
+            result = realtime.join()
+            if timer is not None:
+                timer.cancel()
         if reason is None:
             reason = "run-for" if opts.run_for is not None and time.monotonic() - started >= opts.run_for else "signal"
         return StrategyResult(self.name, round(time.monotonic() - started, 3), reason, backfill, complete, result)

@@ -10,12 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 from narrow2wide.common.errors import error_line
 from narrow2wide.common.retry import RETRYABLE, backoff_delay
-from narrow2wide.common.stopping import stop_on_signals
 from narrow2wide.db.catalogue import database_now, resolve_ships
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.engine.window_migrator import ShipPlanCache
@@ -50,42 +48,41 @@ class StreamingStrategy(Strategy):
         rows = failures = consecutive = 0
         reason = "signal"
         try:
-            with stop_on_signals(stop) if opts.install_signal_handlers else nullcontext(stop):
-                timer = deadline_timer(stop, opts.run_for)
-                cursors: dict[str, datetime | None] = {}
-                while not stop.is_set():
-                    locks.check()
-                    behind = failed = False
-                    for ship in ships:
-                        if stop.is_set():
-                            break
-                        try:
-                            step = self._step(rt, store, cache, clock, ship, cursors, chunk, lookback, settle)
-                        except RETRYABLE as exc:
-                            # the cursor moves only after a committed window: the step is simply tried again
-                            failed = True
-                            failures += 1
-                            log.warning("ship %s: streaming step failed: %s", ship, error_line(exc))
-                            rt.dbs.target.dispose()
-                            rt.dbs.source.dispose()
-                            continue
-                        if step is not None:
-                            rows += step[0]
-                            behind = behind or step[1]
-                    consecutive = consecutive + 1 if failed else 0
-                    if consecutive:
-                        wait = backoff_delay(consecutive, opts.backoff_seconds, 60.0)
-                        log.warning("retrying in %.1f s (%d failed round(s) in a row)", wait, consecutive)
-                        if stop.wait(wait):
-                            break
+            timer = deadline_timer(stop, opts.run_for)
+            cursors: dict[str, datetime | None] = {}
+            while not stop.is_set():
+                locks.check()
+                behind = failed = False
+                for ship in ships:
+                    if stop.is_set():
+                        break
+                    try:
+                        step = self._step(rt, store, cache, clock, ship, cursors, chunk, lookback, settle)
+                    except RETRYABLE as exc:
+                        # the cursor moves only after a committed window: the step is simply tried again
+                        failed = True
+                        failures += 1
+                        log.warning("ship %s: streaming step failed: %s", ship, error_line(exc))
+                        rt.dbs.target.dispose()
+                        rt.dbs.source.dispose()
                         continue
-                    if not behind and opts.stop_when_caught_up:
-                        reason = "caught-up"
+                    if step is not None:
+                        rows += step[0]
+                        behind = behind or step[1]
+                consecutive = consecutive + 1 if failed else 0
+                if consecutive:
+                    wait = backoff_delay(consecutive, opts.backoff_seconds, 60.0)
+                    log.warning("retrying in %.1f s (%d failed round(s) in a row)", wait, consecutive)
+                    if stop.wait(wait):
                         break
-                    if not behind and stop.wait(opts.interval_minutes * 60):
-                        break
-                if timer is not None:
-                    timer.cancel()
+                    continue
+                if not behind and opts.stop_when_caught_up:
+                    reason = "caught-up"
+                    break
+                if not behind and stop.wait(opts.interval_minutes * 60):
+                    break
+            if timer is not None:
+                timer.cancel()
         finally:
             locks.release()
         if reason == "signal" and opts.run_for is not None and time.monotonic() - started >= opts.run_for:
