@@ -9,10 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from click.testing import CliRunner
 from sqlalchemy import text
 
-from main import cli
 from narrow2wide.db.database import qi, qualified
 from table_creator import COLUMNS_META, TABLES_META
 
@@ -153,5 +151,3 @@ def assert_full_rows_insert(conn, schema: str, recorded: dict[str, list[tuple[st
         assert None not in written
 
 
-def run_cli(cli_env, *args: str):
-    return CliRunner().invoke(cli, list(args), env=cli_env)

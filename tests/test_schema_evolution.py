@@ -10,6 +10,7 @@ from sqlalchemy import text
 from narrow2wide.db.database import qi, qualified
 from schema_analyzer import analyze_source
 from table_creator import COLUMNS_META, TABLES_META, add_channels, create_tables
+from tests.cli_procs import invoke_cli
 from tests.schema_helpers import (
     T0,
     TIME_TYPE,
@@ -20,7 +21,6 @@ from tests.schema_helpers import (
     meta_tables,
     read_row,
     relations_in,
-    run_cli,
     seed_rows,
     seed_series,
     table_columns,
@@ -78,9 +78,9 @@ def test_rerunning_schema_and_tables_changes_nothing(runtime, cli_env, tmp_path,
     assert any(d.startswith("num: column is double precision") for d in again.ship(small).type_drift)
 
     # and once more through the command line
-    out = run_cli(cli_env, "--mode", "schema-only")
+    out = invoke_cli(cli_env, "--mode", "schema-only")
     assert out.exit_code == 0, out.output
-    out = run_cli(cli_env, "--mode", "tables-only")
+    out = invoke_cli(cli_env, "--mode", "tables-only")
     assert out.exit_code == 0, out.output
     assert snapshot(runtime) == before
     assert schema_file_mapping(runtime) == mapping_before
@@ -134,7 +134,7 @@ def test_drop_tables_recreates_only_the_tools_tables(runtime, cli_env, tmp_path,
         oid_a, oid_b = table_oid(conn, schema, table_a), table_oid(conn, schema, table_b)
 
     # the command line, for ship A only: ship B's table and data stay
-    out = run_cli(cli_env, "--mode", "tables-only", "--drop-tables", "--yes", "--ship-id", a)
+    out = invoke_cli(cli_env, "--mode", "tables-only", "--drop-tables", "--yes", "--ship-id", a)
     assert out.exit_code == 0, out.output
     with runtime.dbs.target.begin() as conn:
         unrelated_intact(conn)

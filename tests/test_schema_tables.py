@@ -9,12 +9,12 @@ from narrow2wide.common import errors
 from narrow2wide.db.database import qualified
 from schema_analyzer import analyze_source, load_schema
 from table_creator import create_tables
+from tests.cli_procs import invoke_cli
 from tests.schema_helpers import (
     T0,
     assert_full_rows_insert,
     assert_tables_match_metadata,
     relations_in,
-    run_cli,
     seed_rows,
     table_columns,
     table_oid,
@@ -29,7 +29,7 @@ def test_tables_only_without_schema_file(runtime, cli_env, tmp_path, monkeypatch
     seed_rows(runtime, [("IMO9100016", "a", T0, "Decimal", 1.0)])
     with pytest.raises(errors.SchemaFileMissing, match="schema-only"):
         create_tables(runtime)
-    out = run_cli(cli_env, "--mode", "tables-only")
+    out = invoke_cli(cli_env, "--mode", "tables-only")
     assert out.exit_code == 1
     assert "schema-only" in out.output
     assert "Traceback" not in out.output
@@ -42,7 +42,7 @@ def test_schema_only_on_missing_source_table(runtime, cli_env, tmp_path, monkeyp
     with pytest.raises(errors.SourceError, match=runtime.source.label):
         analyze_source(runtime)
     assert not runtime.settings.schema_file.exists()
-    out = run_cli(cli_env, "--mode", "schema-only")
+    out = invoke_cli(cli_env, "--mode", "schema-only")
     assert out.exit_code == 1 and "does not exist" in out.output
     assert not runtime.settings.schema_file.exists()
 
@@ -53,7 +53,7 @@ def test_schema_only_for_a_ship_without_rows(runtime, cli_env, tmp_path, monkeyp
     with pytest.raises(errors.SourceError, match="IMO0000000"):
         analyze_source(runtime, ("IMO0000000",))
     assert not runtime.settings.schema_file.exists()
-    out = run_cli(cli_env, "--mode", "schema-only", "--ship-id", "IMO0000000")
+    out = invoke_cli(cli_env, "--mode", "schema-only", "--ship-id", "IMO0000000")
     assert out.exit_code == 1 and "IMO0000000" in out.output
     assert not runtime.settings.schema_file.exists()
 
@@ -72,7 +72,7 @@ def test_foreign_table_with_the_wide_name_is_refused_and_untouched(runtime, cli_
     with pytest.raises(errors.SchemaError, match="not created by this tool"):
         create_tables(runtime)
     for args in (("--mode", "tables-only"), ("--mode", "tables-only", "--drop-tables", "--yes")):
-        out = run_cli(cli_env, *args)
+        out = invoke_cli(cli_env, *args)
         assert out.exit_code == 1, out.output
         assert "not created by this tool" in out.output
     with runtime.dbs.target.connect() as conn:
@@ -92,10 +92,10 @@ def test_cli_schema_only_and_tables_only_snake_style(runtime, cli_env, tmp_path,
     seed_rows(runtime, [(ship, "/hs4sd_v1/ME01/Fuel//kgph/flow", T0, "Decimal", 1.0),
                         (ship, "/hs4sd_v1/me01/fuel//kgph/flow", T0, "Decimal", 2.0),
                         (ship, "/hs4sd_v1/me01////run", T0, "Boolean", True)])
-    out = run_cli(cli_env, "--mode", "schema-only", "--column-style", "snake", "--sample-hours", "2")
+    out = invoke_cli(cli_env, "--mode", "schema-only", "--column-style", "snake", "--sample-hours", "2")
     assert out.exit_code == 0, out.output
     assert ship in out.output and "column style snake" in out.output
-    out = run_cli(cli_env, "--mode", "tables-only")
+    out = invoke_cli(cli_env, "--mode", "tables-only")
     assert out.exit_code == 0, out.output
     assert f"created tbl_data_timeseries_{ship.lower()}" in out.output
     saved = load_schema(runtime.settings.schema_file)
