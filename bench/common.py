@@ -11,8 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from config import Settings, redact_url
-from database import qi
-from runtime import Runtime
+from narrow2wide.db.database import qi
+from narrow2wide.db.runtime import Runtime
 
 log = logging.getLogger("bench")
 

@@ -73,8 +73,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from psycopg2 import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
@@ -83,9 +81,12 @@ from bench.common import clean_up, create_schemas, database_url, drop_schemas, m
 from bench.realtime import ceil_to_grid, cell_locations, environment, percentile, wait_for_db_time  # noqa: E402
 from cutoff_store import CutoffStore  # noqa: E402
 from data_migrator import BackfillOptions, migration_status, run_backfill  # noqa: E402
-from database import qi, qualified, raw_cursor  # noqa: E402
-from demo_data import demo_channels  # noqa: E402
-from fleet_data import (  # noqa: E402
+from narrow2wide.checks.validator import validate  # noqa: E402
+from narrow2wide.common.model import TIME_COLUMN  # noqa: E402
+from narrow2wide.db.database import qi, qualified, raw_cursor  # noqa: E402
+from narrow2wide.db.runtime import Runtime, open_runtime  # noqa: E402
+from narrow2wide.demo.demo_data import demo_channels  # noqa: E402
+from narrow2wide.demo.fleet_data import (  # noqa: E402
     FleetSeed,
     FleetSpec,
     FleetTick,
@@ -101,11 +102,8 @@ from realtime_processor import (  # noqa: E402
     RealtimeResult,
     run_realtime,
 )
-from runtime import Runtime, open_runtime  # noqa: E402
 from schema_analyzer import analyze_source  # noqa: E402
 from table_creator import create_tables  # noqa: E402
-from validator import validate  # noqa: E402
-from wide_layout import TIME_COLUMN  # noqa: E402
 
 log = logging.getLogger("bench.fleet")
 

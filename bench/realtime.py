@@ -50,8 +50,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
@@ -59,13 +57,20 @@ from sqlalchemy.engine import Engine  # noqa: E402
 from bench.common import clean_up, create_schemas, database_url, make_settings  # noqa: E402
 from config import redact_url  # noqa: E402
 from cutoff_store import CutoffStore  # noqa: E402
-from database import qi, qualified  # noqa: E402
-from demo_data import DemoChannel, DemoSpec, SeedResult, demo_channels, insert_rows, seed_demo  # noqa: E402
+from narrow2wide.common.model import TIME_COLUMN  # noqa: E402
+from narrow2wide.db.database import qi, qualified  # noqa: E402
+from narrow2wide.db.runtime import Runtime, open_runtime  # noqa: E402
+from narrow2wide.demo.demo_data import (  # noqa: E402
+    DemoChannel,
+    DemoSpec,
+    SeedResult,
+    demo_channels,
+    insert_rows,
+    seed_demo,
+)
 from realtime_processor import CycleResult, RealtimeOptions, RealtimeResult, run_realtime  # noqa: E402
-from runtime import Runtime, open_runtime  # noqa: E402
 from schema_analyzer import analyze_source  # noqa: E402
 from table_creator import COLUMNS_META, TABLES_META, create_tables  # noqa: E402
-from wide_layout import TIME_COLUMN  # noqa: E402
 
 log = logging.getLogger("bench.realtime")
 

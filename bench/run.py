@@ -72,8 +72,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import psycopg2  # noqa: E402
 from psycopg2 import errors as pg_errors  # noqa: E402
@@ -82,18 +80,18 @@ from sqlalchemy import text  # noqa: E402
 
 from bench.common import clean_up, create_schemas, database_url, make_settings  # noqa: E402
 from bench.peers import MISSING_EXIT, PEERS  # noqa: E402
-from chunk_ledger import LEDGER  # noqa: E402
 from config import DEFAULTS, redact_url  # noqa: E402
 from data_migrator import BackfillOptions, run_backfill  # noqa: E402
-from database import qi, qualified, raw_cursor  # noqa: E402
-from demo_data import DemoSpec, demo_channels, insert_rows, seed_demo  # noqa: E402
-from fleet_data import FleetSpec, seed_fleet, vacuum_analyze  # noqa: E402
-from narrow_source import VALUE_COLUMN  # noqa: E402
+from narrow2wide.common.model import TIME_COLUMN  # noqa: E402
+from narrow2wide.db.database import qi, qualified, raw_cursor  # noqa: E402
+from narrow2wide.db.narrow_source import VALUE_COLUMN  # noqa: E402
+from narrow2wide.db.runtime import Runtime, open_runtime  # noqa: E402
+from narrow2wide.demo.demo_data import DemoSpec, demo_channels, insert_rows, seed_demo  # noqa: E402
+from narrow2wide.demo.fleet_data import FleetSpec, seed_fleet, vacuum_analyze  # noqa: E402
+from narrow2wide.store.chunk_ledger import LEDGER  # noqa: E402
 from realtime_processor import RealtimeOptions, run_realtime  # noqa: E402
-from runtime import Runtime, open_runtime  # noqa: E402
 from schema_analyzer import SchemaAnalysis, ShipSchema, analyze_source  # noqa: E402
 from table_creator import create_tables, load_ship_layout  # noqa: E402
-from wide_layout import TIME_COLUMN  # noqa: E402
 
 log = logging.getLogger("bench")
 

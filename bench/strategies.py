@@ -16,26 +16,23 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 from bench.common import create_schemas, drop_schemas, make_settings  # noqa: E402
 from data_migrator import database_now, newest_wide_time  # noqa: E402
-from database import Databases, make_engine  # noqa: E402
-from demo_data import DemoSpec, LiveWriter, seed_demo  # noqa: E402
-from runtime import Runtime  # noqa: E402
+from narrow2wide.checks.validator import validate  # noqa: E402
+from narrow2wide.db.database import Databases, make_engine  # noqa: E402
+from narrow2wide.db.runtime import Runtime  # noqa: E402
+from narrow2wide.demo.demo_data import DemoSpec, LiveWriter, seed_demo  # noqa: E402
+from narrow2wide.strategies import REGISTRY, StrategyOptions, get_strategy  # noqa: E402
 from schema_analyzer import analyze_source  # noqa: E402
-from strategies import REGISTRY, StrategyOptions, get_strategy  # noqa: E402
 from table_creator import create_tables, load_ship_layout  # noqa: E402
-from validator import validate  # noqa: E402
 
 log = logging.getLogger("bench.strategies")
 

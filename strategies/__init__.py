@@ -1,29 +1,7 @@
-"""Migration strategies: run realtime processing and the backfill of history together.
-
-``main.py`` dispatches on :data:`REGISTRY`; an unknown name lists the valid ones.
-"""
+"""Migration strategies: realtime and the backfill together (the code is in :mod:`narrow2wide.strategies`)."""
 
 from __future__ import annotations
 
-from errors import ConfigError
-from strategies.base import Strategy, StrategyOptions, StrategyResult
-from strategies.concurrent import ConcurrentStrategy
-from strategies.hybrid import HybridStrategy
-from strategies.streaming import StreamingStrategy
-
-REGISTRY: dict[str, type[Strategy]] = {
-    ConcurrentStrategy.name: ConcurrentStrategy,
-    HybridStrategy.name: HybridStrategy,
-    StreamingStrategy.name: StreamingStrategy,
-}
-
-
-def get_strategy(name: str) -> Strategy:
-    """The strategy called ``name``; :class:`ConfigError` listing the valid names otherwise."""
-    try:
-        return REGISTRY[name]()
-    except KeyError:
-        raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(sorted(REGISTRY))}") from None
-
+from narrow2wide.strategies import REGISTRY, Strategy, StrategyOptions, StrategyResult, get_strategy
 
 __all__ = ["REGISTRY", "Strategy", "StrategyOptions", "StrategyResult", "get_strategy"]

@@ -1,14 +1,25 @@
-"""Run the real CLI as subprocesses in tests: output to files, survivors killed at teardown."""
+"""The one CLI driver of the tests: in this process (:func:`invoke_cli`, click's runner) or as real
+subprocesses (:class:`Procs`: output to files, survivors killed at teardown)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+from main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "main.py")
+
+
+def invoke_cli(env: Mapping[str, str | None] | None, *args: str) -> Result:
+    """``python main.py ARGS`` in this process (no interpreter start), with ``env`` over the environment."""
+    return CliRunner().invoke(cli, list(args), env=env)
 
 
 def clean_environ() -> dict[str, str]:

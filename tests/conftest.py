@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import uuid
 import warnings
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from config import Settings  # noqa: E402
-from database import Databases, make_engine, qi  # noqa: E402
-from runtime import Runtime  # noqa: E402
+from config import Settings
+from narrow2wide.db.database import Databases, make_engine, qi
+from narrow2wide.db.runtime import Runtime
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -109,7 +103,7 @@ def prepared(runtime):
     """Seed a small fleet, analyse it and create its wide tables; returns the seed result."""
     from datetime import datetime
 
-    from demo_data import DemoSpec, seed_demo
+    from narrow2wide.demo.demo_data import DemoSpec, seed_demo
     from schema_analyzer import analyze_source
     from table_creator import create_tables
 

@@ -8,18 +8,17 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import text
 
-from chunk_ledger import ChunkLedger
 from cutoff_store import CutoffStore
 from data_migrator import BackfillOptions, DataMigrator, migration_status, run_backfill
-from database import qi, qualified
-from errors import CutoffConflict
-from main import cli
+from narrow2wide.checks.validator import validate
+from narrow2wide.common.errors import CutoffConflict
+from narrow2wide.db.database import qi, qualified
+from narrow2wide.engine.window_migrator import ShipPlanCache, UnknownChannels, migrate_window
+from narrow2wide.store.chunk_ledger import ChunkLedger
+from tests.cli_procs import invoke_cli
 from tests.wide_check import compare, wide_snapshot
-from validator import validate
-from window_migrator import ShipPlanCache, UnknownChannels, migrate_window
 
 END = datetime(2024, 10, 2)
 
@@ -266,15 +265,14 @@ def test_validate_reports_unfinished_hours_as_in_progress(runtime, prepared):
 def test_cli_sequence_migration_status_validate(runtime, prepared, cli_env, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     prepared(ships=2, channels=6)
-    runner = CliRunner()
-    mig = runner.invoke(cli, ["--mode", "migration-only", "--cutoff-time", str(END), "--chunk-hours", "3"], env=cli_env)
+    mig = invoke_cli(cli_env, "--mode", "migration-only", "--cutoff-time", str(END), "--chunk-hours", "3")
     assert mig.exit_code == 0, mig.output
     assert "2/2 done" in mig.output
-    st = runner.invoke(cli, ["--mode", "status"], env=cli_env)
+    st = invoke_cli(cli_env, "--mode", "status")
     assert st.exit_code == 0 and "COMPLETED" in st.output and "100.0%" in st.output
-    st_json = runner.invoke(cli, ["--mode", "status", "--json"], env=cli_env)
+    st_json = invoke_cli(cli_env, "--mode", "status", "--json")
     assert '"chunks_done": 2' in st_json.output
-    val = runner.invoke(cli, ["--mode", "validate"], env=cli_env)
+    val = invoke_cli(cli_env, "--mode", "validate")
     assert val.exit_code == 0 and "Validation passed" in val.output
 
 

@@ -25,9 +25,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from chunk_ledger import ChunkLedger
 from data_migrator import BackfillOptions, prepare_backfill, run_backfill
-from database import qualified
+from narrow2wide.db.database import qualified
+from narrow2wide.store.chunk_ledger import ChunkLedger
 from tests.cli_procs import clean_environ
 from tests.wide_check import compare
 
@@ -504,7 +504,6 @@ def test_a_statement_timeout_is_retried(runtime, prepared, procs, where):
 IMPORT_PROBE = r"""
 import json, os, sys, time
 sys.dont_write_bytecode = True
-sys.path.insert(0, sys.argv[1])
 events = []
 WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
@@ -527,7 +526,7 @@ try:
     api.get_migration_statistics()
     error = None
 except Exception as exc:
-    import errors
+    from narrow2wide.common import errors
     error = [type(exc).__name__, isinstance(exc, errors.DatabaseUnavailable), str(exc)]
 print(json.dumps({"seconds": seconds, "events": during_import, "state": state_after_import, "error": error}))
 """
@@ -536,8 +535,9 @@ print(json.dumps({"seconds": seconds, "events": during_import, "state": state_af
 def test_import_does_no_io_and_the_api_fails_clearly_without_a_database(tmp_path):
     state = tmp_path / "fresh-state"
     env = clean_environ()
-    env.update({"DATABASE_URL": "postgresql://bob:s3cretpw@127.0.0.1:1/nodb", "STATE_DIR": str(state)})
-    out = subprocess.run([sys.executable, "-c", IMPORT_PROBE, str(ROOT)], cwd=tmp_path, env=env,
+    env.update({"DATABASE_URL": "postgresql://bob:s3cretpw@127.0.0.1:1/nodb", "STATE_DIR": str(state),
+                "PYTHONPATH": str(ROOT)})  # the project, importable from another working directory
+    out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     probe = json.loads(out.stdout.strip().splitlines()[-1])

@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from main import MODES, cli
+from main import MODES
+from tests.cli_procs import invoke_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_help_lists_every_mode():
-    result = CliRunner().invoke(cli, ["--help"])
+    result = invoke_cli(None, "--help")
     assert result.exit_code == 0
     for mode in ("schema-only", "tables-only", "migration-only", "realtime", "concurrent", "hybrid",
                  "streaming", "status", "validate", "demo"):
@@ -25,30 +25,27 @@ def test_help_lists_every_mode():
 
 
 def test_unknown_mode_is_a_usage_error():
-    result = CliRunner().invoke(cli, ["--mode", "teleport"])
+    result = invoke_cli(None, "--mode", "teleport")
     assert result.exit_code == 2
     assert "teleport" in result.output
 
 
 def test_missing_mode_is_a_usage_error():
-    assert CliRunner().invoke(cli, []).exit_code == 2
+    assert invoke_cli(None).exit_code == 2
 
 
 def test_bad_settings_exit_2_naming_each_variable(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(
-        cli, ["--mode", "status"], env={"CHUNK_HOURS": "0", "SOURCE_TABLE": "1bad", "DATABASE_URL": ""}
-    )
+    result = invoke_cli({"CHUNK_HOURS": "0", "SOURCE_TABLE": "1bad", "DATABASE_URL": ""}, "--mode", "status")
     assert result.exit_code == 2
     assert "CHUNK_HOURS" in result.output and "SOURCE_TABLE" in result.output
 
 
 def test_unreachable_database_is_one_line_exit_1_without_password(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(
-        cli, ["--mode", "demo"],
-        env={"DATABASE_URL": "postgresql://bob:hunter2secret@127.0.0.1:1/nodb", "STATE_DIR": str(tmp_path / "s")},
-    )
+    result = invoke_cli(
+        {"DATABASE_URL": "postgresql://bob:hunter2secret@127.0.0.1:1/nodb", "STATE_DIR": str(tmp_path / "s")},
+        "--mode", "demo")
     assert result.exit_code == 1
     assert "cannot connect" in result.output
     assert "Traceback" not in result.output
@@ -73,5 +70,5 @@ def test_embedded_server_starts_and_demo_seeds_it(tmp_path):
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_every_mode_has_help_text(mode):
-    result = CliRunner().invoke(cli, ["--help"])
+    result = invoke_cli(None, "--help")
     assert MODES[mode].split(":")[0][:20] in " ".join(result.output.split())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from config import load_settings, redact_url
-from errors import ConfigError
+from narrow2wide.common.errors import ConfigError
 
 
 def test_defaults_use_the_embedded_server(tmp_path):

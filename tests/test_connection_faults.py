@@ -26,9 +26,9 @@ from sqlalchemy import text
 
 from cutoff_store import CutoffStore
 from data_migrator import BackfillOptions, run_backfill
-from database import Databases, make_engine, qualified
-from demo_data import LiveWriter
-from runtime import Runtime
+from narrow2wide.db.database import Databases, make_engine, qualified
+from narrow2wide.db.runtime import Runtime
+from narrow2wide.demo.demo_data import LiveWriter
 from tests.cli_procs import MAIN, clean_environ
 from tests.tcp_proxy import TcpProxy
 from tests.test_backfill_faults import (

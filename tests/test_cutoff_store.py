@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import cutoff_store
 from cutoff_store import CutoffStore, ShipState
-from errors import CutoffConflict, StateError
+from narrow2wide.common import durable
+from narrow2wide.common.errors import CutoffConflict, StateError
+from narrow2wide.store import cutoff_store
 
 SHIP = "IMO9999993"
 T0 = datetime(2024, 10, 2, 17, 0, 0)
@@ -258,7 +259,7 @@ def test_disk_full_says_state_dir_is_full(store, path, monkeypatch):
 
 
 def test_temp_file_creation_failure(store, path, monkeypatch):
-    monkeypatch.setattr(cutoff_store.tempfile, "mkstemp", _raise(OSError(errno.ENOSPC, "No space left on device")))
+    monkeypatch.setattr(durable.tempfile, "mkstemp", _raise(OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(StateError, match="full"):
         store.set_cutoff(SHIP, T0)
     monkeypatch.undo()

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import text
 
-from demo_data import DemoSpec, demo_channels, seed_demo
+from narrow2wide.demo.demo_data import DemoSpec, demo_channels, seed_demo
 
 
 def test_demo_channels_look_real_and_cover_every_format():

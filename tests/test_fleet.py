@@ -19,18 +19,18 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from chunk_ledger import ChunkLedger
 from cutoff_store import CutoffStore
 from data_migrator import BackfillOptions, migration_status, run_backfill
-from database import qi, qualified
-from demo_data import DemoChannel, DemoSpec, demo_channels, insert_rows
-from narrow_source import SourceTable
+from narrow2wide.checks.validator import validate
+from narrow2wide.db.database import qi, qualified
+from narrow2wide.db.narrow_source import SourceTable
+from narrow2wide.db.runtime import Runtime
+from narrow2wide.demo.demo_data import DemoChannel, DemoSpec, demo_channels, insert_rows
+from narrow2wide.store.chunk_ledger import ChunkLedger
 from realtime_processor import RealtimeOptions, run_realtime
-from runtime import Runtime
 from schema_analyzer import analyze_source
 from table_creator import create_tables
 from tests.wide_check import compare
-from validator import validate
 
 FLEET = ("IMO9301234", "IMO9876543", "IMO9512087", "IMO9700011", "IMO9123450")
 OFFLINE_SHIP = "IMO9700011"  # its link is down for half an hour in the middle of the history

@@ -25,15 +25,15 @@ from sqlalchemy.engine import Engine
 from config import Settings
 from cutoff_store import CutoffStore
 from data_migrator import BackfillOptions, BackfillResult, migration_status, parse_cutoff, run_backfill
-from database import Databases, qi, qualified, server_now
-from errors import ConfigError, SourceError
-from narrow_source import REQUIRED_COLUMNS
+from narrow2wide.checks.validator import validate
+from narrow2wide.common.errors import ConfigError, SourceError
+from narrow2wide.db.database import Databases, qi, qualified, server_now
+from narrow2wide.db.narrow_source import REQUIRED_COLUMNS
+from narrow2wide.db.runtime import Runtime
 from realtime_processor import RealtimeOptions, run_realtime
-from runtime import Runtime
 from schema_analyzer import analyze_source
 from table_creator import COLUMNS_META, TABLES_META, create_tables
 from tests.wide_check import CellDiff, compare, wide_snapshot
-from validator import validate
 
 T0 = datetime(2024, 10, 1, 18, 0)
 END = datetime(2024, 10, 2)

@@ -31,11 +31,11 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from chunk_ledger import ChunkLedger
 from cutoff_store import CutoffStore
-from database import qualified, server_now
-from demo_data import LiveWriter
-from runtime import Runtime
+from narrow2wide.db.database import qualified, server_now
+from narrow2wide.db.runtime import Runtime
+from narrow2wide.demo.demo_data import LiveWriter
+from narrow2wide.store.chunk_ledger import ChunkLedger
 from tests.cli_procs import Procs
 from tests.figures import show_figures
 from tests.wide_check import compare

@@ -36,10 +36,10 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from chunk_ledger import ChunkLedger
-from database import qualified, server_now
-from demo_data import LiveWriter
-from runtime import Runtime
+from narrow2wide.db.database import qualified, server_now
+from narrow2wide.db.runtime import Runtime
+from narrow2wide.demo.demo_data import LiveWriter
+from narrow2wide.store.chunk_ledger import ChunkLedger
 from tests.cli_procs import Procs
 from tests.figures import show_figures
 from tests.wide_check import compare

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from chunk_ledger import ChunkLedger
 from cutoff_store import CutoffStore
-from database import qualified
-from demo_data import DemoSpec, demo_channels, insert_rows
+from narrow2wide.checks.validator import validate
+from narrow2wide.db.database import qualified
+from narrow2wide.demo.demo_data import DemoSpec, demo_channels, insert_rows
+from narrow2wide.store.chunk_ledger import ChunkLedger
 from tests.wide_check import compare
-from validator import validate
 
 SHIPS = ("IMO9301234", "IMO9876543", "IMO9512087")
 CUTOFF = datetime(2024, 10, 2)

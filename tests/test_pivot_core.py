@@ -11,7 +11,7 @@ import struct
 import numpy as np
 import pytest
 
-from pivot import (
+from narrow2wide.engine.pivot import (
     FMT_BOOLEAN,
     FMT_DECIMAL,
     FMT_INTEGER,

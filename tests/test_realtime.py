@@ -16,12 +16,12 @@ from sqlalchemy import text
 
 from cutoff_store import CutoffStore
 from data_migrator import BackfillOptions, run_backfill
-from database import qualified, server_now
-from demo_data import LiveWriter
+from narrow2wide.checks.validator import validate
+from narrow2wide.db.database import qualified, server_now
+from narrow2wide.db.runtime import Runtime
+from narrow2wide.demo.demo_data import LiveWriter
 from realtime_processor import RealtimeOptions, ShipLocks, run_realtime
-from runtime import Runtime
 from tests.wide_check import compare
-from validator import validate
 
 ONCE = RealtimeOptions(once=True, settle_seconds=0, install_signal_handlers=False)
 

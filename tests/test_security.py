@@ -17,16 +17,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from config import Settings
-from database import qi, qualified, qualified_raw, server_now
-from demo_data import DemoSpec, SeedResult, seed_demo
-from main import cli
-from narrow_source import SourceTable
-from tests.cli_procs import Procs, clean_environ
+from narrow2wide.db.database import qi, qualified, qualified_raw, server_now
+from narrow2wide.db.narrow_source import SourceTable
+from narrow2wide.demo.demo_data import DemoSpec, SeedResult, seed_demo
+from tests.cli_procs import Procs, clean_environ, invoke_cli
 from tests.wide_check import compare
 
 MakeRole = Callable[..., str]
@@ -104,7 +102,7 @@ def run(cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     inherited = {k: None for k in os.environ if k not in clean_environ()}
 
     def invoke(*args: str, **env: str) -> tuple[int, str, str]:
-        result = CliRunner().invoke(cli, list(args), env={**inherited, **cli_env, **env})
+        result = invoke_cli({**inherited, **cli_env, **env}, *args)
         root = logging.getLogger()
         for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
             root.removeHandler(handler)  # setup_logging() opened STATE_DIR/migrator.log for this run
@@ -430,7 +428,7 @@ def test_settings_and_shown_urls_never_hold_the_password(template: str, refused:
     from urllib.parse import quote
 
     from config import load_settings, redact_url
-    from errors import ConfigError
+    from narrow2wide.common.errors import ConfigError
 
     token = uuid.uuid4().hex
     url = template.format(u="mig", pw=quote(f"Pw-{token}/@:%#? &+=x", safe=""), token=token)

@@ -14,14 +14,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-import modes
 from data_migrator import BackfillOptions, prepare_backfill, run_backfill
-from database import qualified, server_now
-from demo_data import LiveWriter
-from errors import ConfigError
+from narrow2wide.checks.validator import validate
+from narrow2wide.cli import modes
+from narrow2wide.common.errors import ConfigError
+from narrow2wide.db.database import qualified, server_now
+from narrow2wide.demo.demo_data import LiveWriter
 from strategies import REGISTRY, StrategyOptions, get_strategy
 from tests.wide_check import compare
-from validator import validate
 
 NEW_CHANNEL = "added/while 'running'"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pivot import KIND_BIGINT, KIND_BOOL, KIND_DOUBLE, PartRows, drop_unchanged
+from narrow2wide.engine.pivot import KIND_BIGINT, KIND_BOOL, KIND_DOUBLE, PartRows, drop_unchanged
 
 
 def _part(ts, doubles, valid, ints=None, flags=None, text=None) -> PartRows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wide_layout import (
+from narrow2wide.common.model import (
     MAX_COLUMNS,
     MAX_IDENTIFIER_BYTES,
     MAX_ROW_BYTES,

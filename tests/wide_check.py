@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
-from database import qi, qualified
+from narrow2wide.db.database import qi, qualified
 
 EXPECTED_VALUE = """CASE m.data_type
   WHEN 'double precision' THEN CASE s.value_format WHEN 'Decimal' THEN s.double_v::text

@@ -1,0 +1,1 @@
+"""Read-only checks: status and validation (and validation's repair)."""

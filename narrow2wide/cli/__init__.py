@@ -1,0 +1,1 @@
+"""The command line: mode handlers, rendering of results, logging setup."""

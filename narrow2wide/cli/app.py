@@ -1,0 +1,202 @@
+"""Command line: ``python main.py --mode MODE [options]``.
+
+Parses options, loads settings, calls one library function per mode and prints its result.
+Errors from the library become one line on stderr (exit 1; 2 for usage); ``--debug`` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import click
+import psycopg2
+
+from narrow2wide.common.config import Settings, load_settings
+from narrow2wide.common.errors import ConfigError, MigratorError, NotImplementedYet, one_line
+from narrow2wide.common.jsonable import to_jsonable
+from narrow2wide.common.retry import DATABASE_ERRORS
+
+log = logging.getLogger("main")
+
+MODES: dict[str, str] = {
+    "schema-only": "Step 1: analyse the source (ships, channels, types) and write the schema file.",
+    "tables-only": "Step 2: create each ship's wide tables from the schema file.",
+    "migration-only": "Step 3: backfill history before the cutoff, in resumable chunks.",
+    "realtime": "Step 4: keep the wide tables current (long-lived, or --once from cron).",
+    "concurrent": "Realtime from the cutoff and the backfill of history at the same time (recommended).",
+    "hybrid": "Concurrent with parallel workers, chunk splitting and a progress file.",
+    "streaming": "One cursor per ship from its first row up to the live data.",
+    "status": "Show per-ship progress: chunks, rows, cutoff, watermark, rejects.",
+    "validate": "Compare the wide tables with the source per hour bucket (--repair fixes).",
+    "demo": "Run the whole guide on a generated fleet with a live writer (--seed-only: only seed it).",
+}
+
+
+def _mode_help() -> str:
+    return "; ".join(f"{name}: {text}" for name, text in MODES.items())
+
+
+class LogFileHandler(logging.FileHandler):
+    """The log file. A failed write (a full or read-only STATE_DIR) turns it off with one warning line
+    on stderr, instead of logging's "--- Logging error ---" and a traceback for every record."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` unless an earlier write failed."""
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Give up on the file after the first error, saying so once."""
+        if self.failed:
+            return
+        self.failed = True
+        exc = sys.exc_info()[1]
+        reason = getattr(exc, "strerror", None) or exc
+        sys.stderr.write(f"warning: cannot write the log file {self.baseFilename}: {reason}; "
+                         "diagnostics go to stderr only\n")
+        try:
+            self.close()
+        except (OSError, ValueError):
+            pass  # the unwritten buffer cannot be flushed either
+
+
+def setup_logging(verbosity: int, log_file: Path | None) -> None:
+    """Diagnostics to stderr (INFO by default, -v DEBUG, -q WARNING) and everything to ``log_file``."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = LogFileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            log.warning("cannot write the log file %s: %s", log_file, exc)
+        else:
+            handler.setLevel(logging.DEBUG)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+            root.addHandler(handler)
+    for noisy in ("sqlalchemy", "pgserver", "urllib3", "fasteners"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_mode(mode: str, settings: Settings, opts: dict) -> tuple[object, int]:
+    """Call the library function of ``mode``; returns (result, exit code)."""
+    from narrow2wide.cli import modes
+
+    handler = modes.HANDLERS.get(mode)
+    if handler is None:
+        raise NotImplementedYet(f"--mode {mode} is not implemented yet")
+    return handler(settings, opts)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--mode", "mode", required=True, type=click.Choice(list(MODES)), help=_mode_help())
+@click.option("--ship-id", "ship_ids", multiple=True, help="Work on this ship only (repeatable).")
+@click.option("--cutoff-time", help='Backfill history before this time, e.g. "2024-10-02 17:00:00".')
+@click.option("--chunk-hours", type=click.IntRange(min=1), help="Hours per backfill chunk (default CHUNK_HOURS).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Backfill processes.")
+@click.option("--retry-failed", is_flag=True, help="migration-only: run only the chunks marked failed.")
+@click.option("--force", is_flag=True, help="Accept a --cutoff-time that differs from the stored one.")
+@click.option("--interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="Minutes between realtime cycles (fractions allowed).")
+@click.option("--once", is_flag=True, help="realtime: run one cycle and exit (for cron).")
+@click.option("--cursor", type=click.Choice(["created_time", "server_created_time"]), default="created_time",
+              show_default=True, help="realtime: find new rows by created_time (with a lookback) or by insert time.")
+@click.option("--wait-lock", is_flag=True,
+              help="realtime: wait for a ship held by another processor instead of exiting.")
+@click.option("--run-for", type=click.FloatRange(min=0), help="Finish the current step and exit after SECONDS.")
+@click.option("--sample-hours", type=click.FloatRange(min=0.01),
+              help="schema-only: take formats and counts from the newest HOURS of each ship only.")
+@click.option("--column-style", type=click.Choice(["id", "snake"]), default="id", show_default=True,
+              help="Column names: the channel id itself, or snake_case.")
+@click.option("--routing-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="schema-only: a 'part,channel_id' CSV assigning channels to table parts.")
+@click.option("--drop-tables", is_flag=True, help="tables-only: drop and recreate the tables this tool created.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--repair", is_flag=True, help="validate: re-migrate buckets that differ, then check again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--ships", type=click.IntRange(min=1), default=2, show_default=True, help="demo: ships to generate.")
+@click.option("--channels", type=click.IntRange(min=1), default=100, show_default=True,
+              help="demo: channels per ship.")
+@click.option("--days", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="demo: days of history.")
+@click.option("--seed-only", is_flag=True, help="demo: only seed the source, run nothing else.")
+@click.option("-v", "--verbose", count=True, help="More diagnostics on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> None:
+    """Migrate ship telemetry from the narrow table into per-ship wide tables.
+
+    Settings come from the environment or a .env file (see README). With no database
+    configured, an embedded PostgreSQL under STATE_DIR is started.
+    """
+    try:
+        settings = load_settings()
+        overrides: dict[str, object] = {}
+        if opts["ship_ids"]:
+            overrides["ship_ids"] = tuple(opts["ship_ids"])  # type: ignore[arg-type]
+        if opts["chunk_hours"]:
+            overrides["chunk_hours"] = opts["chunk_hours"]
+        settings = settings.with_overrides(**overrides)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+    quiet_cycle = mode == "realtime" and bool(opts["once"]) and verbose == 0
+    setup_logging(-1 if (quiet or quiet_cycle) else verbose, settings.log_file)
+    try:
+        result, code = run_mode(mode, settings, opts)
+    except MigratorError as exc:
+        log.debug("error", exc_info=True)
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {one_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except DATABASE_ERRORS as exc:  # a connection lost mid-run, or an unexpected SQL error
+        log.debug("database error", exc_info=True)
+        if debug:
+            traceback.print_exc()
+        orig = getattr(exc, "orig", None) or exc
+        what = ("lost the connection to the database" if isinstance(orig, psycopg2.OperationalError)
+                else "database error")
+        click.echo(f"error: {what}: {type(orig).__name__}: {one_line(exc)}; check the database and re-run "
+                   f"(every step resumes; --debug shows the traceback; log: {settings.log_file})", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, the traceback in the log
+        log.debug("unexpected error", exc_info=True)
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback; "
+                   f"log: {settings.log_file})", err=True)
+        sys.exit(1)
+    if quiet_cycle and code == 0:
+        result = None  # cron mails whatever is printed: a good --once cycle prints nothing
+    if result is not None:
+        if opts["as_json"]:
+            click.echo(json.dumps(to_jsonable(result), indent=2, ensure_ascii=False))
+        else:
+            from narrow2wide.cli import report
+
+            text_out = report.render(mode, result)
+            if text_out:
+                click.echo(text_out)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    cli()

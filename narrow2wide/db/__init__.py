@@ -1,0 +1,1 @@
+"""Database plumbing: connections, the runtime, the narrow source, the catalogue, every advisory-lock key."""

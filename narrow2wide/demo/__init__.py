@@ -1,0 +1,1 @@
+"""Generated fleets for the demo, the tests and the benchmarks, and the demo guide."""

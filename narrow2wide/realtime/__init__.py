@@ -1,0 +1,1 @@
+"""Step 4: realtime cycles that keep the wide tables current."""

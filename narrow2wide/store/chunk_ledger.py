@@ -1,0 +1,254 @@
+"""The backfill ledger: one row per (ship, window) chunk in the target database.
+
+A worker claims a chunk with a session advisory lock keyed by the chunk id (``pg_try_advisory_lock``):
+the lock lives exactly as long as the worker's connection, so a chunk held by a killed worker is
+free again the moment its connection drops, with no lease to expire. The chunk's data and its
+``done`` row commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from narrow2wide.common.windows import cut_window
+from narrow2wide.db.database import qualified
+from narrow2wide.db.lock_keys import chunk_key
+
+LEDGER = "migrator_chunks"
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One [start, end) window of one ship."""
+
+    id: int
+    ship_id: str
+    start: datetime
+    end: datetime
+    attempts: int = 0
+
+
+def worker_name() -> str:
+    """``host:pid`` of this process, recorded on the chunks it works on."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ChunkLedger:
+    """Access to the ledger table of one target schema."""
+
+    def __init__(self, schema: str):
+        self.schema = schema
+        self.table = qualified(schema, LEDGER)
+
+    def ensure(self, conn: Connection, time_type: str) -> None:
+        """Create the ledger table when missing (``time_type`` is the source's created_time type)."""
+        conn.execute(text(f"""CREATE TABLE IF NOT EXISTS {self.table} (
+            id bigserial PRIMARY KEY,
+            ship_id text NOT NULL,
+            window_start {time_type} NOT NULL,
+            window_end {time_type} NOT NULL,
+            status text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
+            tables text[],
+            rows_read bigint,
+            cells_written bigint,
+            wide_rows bigint,
+            rejected bigint NOT NULL DEFAULT 0,
+            attempts integer NOT NULL DEFAULT 0,
+            last_error text,
+            worker text,
+            started_at timestamptz,
+            finished_at timestamptz,
+            seconds double precision,
+            UNIQUE (ship_id, window_start, window_end))"""))
+
+    def exists(self, conn: Connection) -> bool:
+        """True when the ledger table exists."""
+        return conn.execute(text("SELECT to_regclass(:t)"), {"t": self.table}).scalar() is not None
+
+    def plan(self, conn: Connection, ship_id: str, first: datetime, cutoff: datetime, hours: int) -> int:
+        """Record the chunks [start, end) from ``first`` (rounded down to the hour) up to ``cutoff``.
+
+        Windows already planned are kept as they are: only history before the earliest planned
+        chunk and after the latest one (a later cutoff) gets new chunks, so re-running with another
+        ``--chunk-hours`` never plans the same rows twice. Returns how many chunks were added.
+        """
+        lo, hi = conn.execute(text(f"SELECT min(window_start), max(window_end) FROM {self.table} "
+                                   "WHERE ship_id = :s"), {"s": ship_id}).one()
+        start = first.replace(minute=0, second=0, microsecond=0)
+        gaps = [(start, cutoff)] if lo is None else [(start, min(lo, cutoff)), (max(hi, start), cutoff)]
+        windows = [w for a, b in gaps for w in cut_window(a, b, [timedelta(hours=hours)])]
+        if not windows:
+            return 0
+        ts = self._ts(conn)
+        result = conn.execute(text(
+            f"""INSERT INTO {self.table} (ship_id, window_start, window_end)
+                SELECT :s, a, b FROM unnest(CAST(:a AS {ts}[]), CAST(:b AS {ts}[])) AS w(a, b)
+                ON CONFLICT (ship_id, window_start, window_end) DO NOTHING"""),
+            {"s": ship_id, "a": [w[0] for w in windows], "b": [w[1] for w in windows]})
+        return int(result.rowcount)
+
+    def _ts(self, conn: Connection) -> str:
+        dtype = conn.execute(text(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
+            "AND attname = 'window_start'"), {"t": self.table}).scalar_one()
+        return dtype
+
+    def reset_failed(self, conn: Connection, ship_ids: list[str]) -> list[int]:
+        """Put the failed chunks of ``ship_ids`` back to pending (``--retry-failed``); returns their ids."""
+        return list(conn.execute(text(
+            f"UPDATE {self.table} SET status = 'pending', attempts = 0 WHERE status = 'failed' "
+            "AND ship_id = ANY(CAST(:s AS text[])) RETURNING id"), {"s": ship_ids}).scalars())
+
+    def split_failed(self, conn: Connection, ship_ids: list[str], min_hours: int = 1) -> list[int]:
+        """Replace each failed chunk longer than ``min_hours`` by its two halves (whole hours), pending.
+
+        The halves cover exactly the window they replace, so nothing is planned twice. Returns the
+        ids of the new chunks; an empty list when no failed chunk can be split further.
+        """
+        rows = conn.execute(text(
+            f"""DELETE FROM {self.table} WHERE status = 'failed' AND ship_id = ANY(CAST(:s AS text[]))
+                AND window_end - window_start > make_interval(hours => :h)
+                RETURNING ship_id, window_start, window_end"""), {"s": ship_ids, "h": min_hours}).all()
+        ids: list[int] = []
+        for ship, start, end in rows:
+            hours = max(int((end - start).total_seconds() // 3600) // 2, min_hours)
+            middle = start + timedelta(hours=hours)
+            for a, b in ((start, middle), (middle, end)):
+                ids.extend(conn.execute(text(
+                    f"""INSERT INTO {self.table} (ship_id, window_start, window_end) VALUES (:s, :a, :b)
+                        ON CONFLICT (ship_id, window_start, window_end) DO NOTHING RETURNING id"""),
+                    {"s": ship, "a": a, "b": b}).scalars())
+        return ids
+
+    def unfinished(self, conn: Connection, ship_ids: list[str], only_ids: list[int] | None = None) -> int:
+        """How many chunks of ``ship_ids`` (or only of ``only_ids``) are still pending or running."""
+        with conn.begin():
+            return int(conn.execute(text(
+                f"""SELECT count(*) FROM {self.table} WHERE status IN ('pending', 'running')
+                    AND ship_id = ANY(CAST(:s AS text[]))
+                    AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))"""),
+                {"s": ship_ids, "ids": only_ids}).scalar_one())
+
+    def claim(self, conn: Connection, ship_ids: list[str], only_ids: list[int] | None = None) -> Chunk | None:
+        """Claim the next chunk nobody holds, newest window first; None when every unfinished one is held.
+
+        ``only_ids`` restricts the claim to those chunks (``--retry-failed``). ``conn`` must stay
+        open while the chunk is worked on: it holds the advisory lock. The claim itself is
+        committed (status ``running``) so that status shows it.
+        """
+        with conn.begin():
+            candidates = conn.execute(text(
+                f"""SELECT id FROM {self.table}
+                    WHERE status IN ('pending', 'running') AND ship_id = ANY(CAST(:s AS text[]))
+                    AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))
+                    ORDER BY window_start DESC, ship_id LIMIT 256"""),
+                {"s": ship_ids, "ids": only_ids}).scalars().all()
+        for chunk_id in candidates:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"),
+                               {"k": self._lock_key(chunk_id)}).scalar()
+            conn.commit()
+            if not got:
+                continue
+            with conn.begin():
+                row = conn.execute(text(
+                    f"""UPDATE {self.table} SET status = 'running', worker = :w, started_at = now()
+                        WHERE id = :id AND status IN ('pending', 'running')
+                        RETURNING id, ship_id, window_start, window_end, attempts"""),
+                    {"id": chunk_id, "w": worker_name()}).first()
+            if row is None:  # finished by someone between our read and our lock
+                self.release(conn, chunk_id)
+                continue
+            return Chunk(*row)
+        return None
+
+    def _lock_key(self, chunk_id: int) -> str:
+        return chunk_key(self.schema, chunk_id)
+
+    def release(self, conn: Connection, chunk_id: int) -> None:
+        """Give up the advisory lock of a chunk."""
+        conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": self._lock_key(chunk_id)})
+        conn.commit()
+
+    def mark_done(self, conn: Connection, chunk: Chunk, rows_read: int, cells: int, wide_rows: int, rejected: int,
+                  tables: tuple[str, ...]) -> None:
+        """Mark the chunk done, inside the transaction that wrote its data."""
+        conn.execute(text(
+            f"""UPDATE {self.table} SET status = 'done', rows_read = :r, cells_written = :c, wide_rows = :w,
+                    rejected = :rej, tables = CAST(:t AS text[]), last_error = NULL, finished_at = now(),
+                    seconds = extract(epoch FROM now() - started_at)
+                WHERE id = :id"""),
+            {"id": chunk.id, "r": rows_read, "c": cells, "w": wide_rows, "rej": rejected, "t": list(tables)})
+
+    def mark_error(self, conn: Connection, chunk: Chunk, error: str, failed: bool) -> None:
+        """Record a failed attempt; ``failed`` gives up on the chunk (status failed), else it stays pending."""
+        with conn.begin():
+            conn.execute(text(
+                f"""UPDATE {self.table} SET status = :st, attempts = attempts + 1, last_error = :e,
+                        finished_at = now() WHERE id = :id"""),
+                {"id": chunk.id, "e": error[:2000], "st": FAILED if failed else PENDING})
+
+    def counts(self, conn: Connection, ship_ids: list[str] | None = None) -> dict[str, dict[str, int]]:
+        """Per ship: chunks by status, plus rows_read, cells_written and rejected sums."""
+        where = "WHERE ship_id = ANY(CAST(:s AS text[]))" if ship_ids else ""
+        rows = conn.execute(text(
+            f"""SELECT ship_id, status, count(*), coalesce(sum(rows_read), 0), coalesce(sum(cells_written), 0),
+                       coalesce(sum(rejected), 0)
+                FROM {self.table} {where} GROUP BY 1, 2"""), {"s": ship_ids or []}).all()
+        out: dict[str, dict[str, int]] = {}
+        for ship, status, n, rows_read, cells, rejected in rows:
+            d = out.setdefault(ship, {PENDING: 0, RUNNING: 0, DONE: 0, FAILED: 0, "rows_read": 0,
+                                      "cells_written": 0, "rejected": 0})
+            d[status] = int(n)
+            d["rows_read"] += int(rows_read)
+            d["cells_written"] += int(cells)
+            d["rejected"] += int(rejected)
+        return out
+
+    def rows_done_since(self, conn: Connection, ship_ids: list[str], since: datetime) -> int:
+        """Narrow rows of the chunks finished at or after ``since`` (database time)."""
+        return int(conn.execute(text(
+            f"""SELECT coalesce(sum(rows_read), 0) FROM {self.table} WHERE status = 'done'
+                AND finished_at >= :t AND ship_id = ANY(CAST(:s AS text[]))"""),
+            {"t": since, "s": ship_ids}).scalar_one())
+
+    def held_running(self, conn: Connection, ship_ids: list[str]) -> int:
+        """How many 'running' chunks a live worker really holds (their advisory lock is taken)."""
+        ids = conn.execute(text(
+            f"SELECT id FROM {self.table} WHERE status = 'running' AND ship_id = ANY(CAST(:s AS text[]))"),
+            {"s": ship_ids}).scalars().all()
+        held = 0
+        for chunk_id in ids:
+            free = conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"),
+                                {"k": self._lock_key(chunk_id)}).scalar()
+            if free:
+                conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"),
+                             {"k": self._lock_key(chunk_id)})
+            else:
+                held += 1
+        return held
+
+    def failed(self, conn: Connection, ship_ids: list[str]) -> list[tuple[str, datetime, datetime, str]]:
+        """The failed chunks: (ship, start, end, last error)."""
+        return [tuple(r) for r in conn.execute(text(
+            f"""SELECT ship_id, window_start, window_end, coalesce(last_error, '') FROM {self.table}
+                WHERE status = 'failed' AND ship_id = ANY(CAST(:s AS text[])) ORDER BY ship_id, window_start"""),
+            {"s": ship_ids}).all()]
+
+    def done_windows(self, conn: Connection, ship_id: str) -> list[tuple[datetime, datetime]]:
+        """The [start, end) windows of the ship's done chunks, in order."""
+        return [(r[0], r[1]) for r in conn.execute(text(
+            f"SELECT window_start, window_end FROM {self.table} WHERE ship_id = :s AND status = 'done' "
+            "ORDER BY window_start"), {"s": ship_id}).all()]
+
+    def last_error(self, conn: Connection, ship_id: str) -> str | None:
+        """The most recent error recorded for the ship."""
+        return conn.execute(text(
+            f"SELECT last_error FROM {self.table} WHERE ship_id = :s AND last_error IS NOT NULL "
+            "ORDER BY finished_at DESC NULLS LAST LIMIT 1"), {"s": ship_id}).scalar()
