@@ -11,15 +11,18 @@ import struct
 import numpy as np
 import pytest
 
+from narrow2wide.common.fits import FITS
 from narrow2wide.engine.pivot import (
     FMT_BOOLEAN,
     FMT_DECIMAL,
     FMT_INTEGER,
     FMT_STRING,
     FMT_UNKNOWN,
+    FORMAT_NAMES,
     KIND_BIGINT,
     KIND_BOOL,
     KIND_DOUBLE,
+    KIND_OF_TYPE,
     KIND_TEXT,
     TICK_FORMATS,
     NarrowBatch,
@@ -223,3 +226,20 @@ def test_the_copy_encoder_writes_every_cell_and_null_of_every_row(every_value):
             assert (field is not None) == bool(v[r, j])
             if field is not None:
                 assert struct.unpack(fmt[k], field)[0] == m[r, j].item()
+
+
+@pytest.mark.parametrize("pg_type", sorted(FITS))
+def test_the_pivot_accepts_exactly_what_the_one_definition_of_fits_accepts(pg_type):
+    """common/fits.py defines what fits a column (the reject files' and the validator's SQL come from it);
+    the pivot's array form must accept the same (type, format) pairs, with values that fit."""
+    kind = KIND_OF_TYPE[pg_type]
+    plan = PivotPlan("ship", ("c",), np.array([kind], dtype=np.int8), np.array([0], dtype=np.int16),
+                     np.array([0], dtype=np.int32), (PartColumns("t", {kind: ("c",)}),))
+    formats = [FMT_DECIMAL, FMT_INTEGER, FMT_BOOLEAN, FMT_STRING, FMT_UNKNOWN]
+    n = len(formats)
+    batch = NarrowBatch(np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.int32), np.array(formats, dtype=np.int8),
+                        np.full(n, 3.0), np.full(n, 3, dtype=np.int64), np.ones(n, dtype=bool),
+                        np.zeros(n, dtype=np.int8), may_repeat=False)
+    result = pivot(plan, batch)
+    accepted = {FORMAT_NAMES[f] for f, t in zip(formats, batch.ts.tolist(), strict=True) if t not in result.rejects.ts}
+    assert accepted == set(FITS[pg_type])
