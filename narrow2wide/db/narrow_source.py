@@ -263,26 +263,22 @@ class SourceTable:
 
     def first_time(self, conn: Connection, ship_id: str, channels: list[str]) -> datetime | None:
         """The ship's earliest created_time (one index probe per channel)."""
-        if not channels:
-            return None
-        return conn.execute(
-            text(
-                f"""SELECT min(f.created_time) FROM unnest(CAST(:chs AS text[])) AS c(ch)
-                CROSS JOIN LATERAL (SELECT created_time FROM {self.sql}
-                    WHERE ship_id = :ship AND data_channel_id = c.ch ORDER BY created_time LIMIT 1) f"""
-            ),
-            {"ship": ship_id, "chs": channels},
-        ).scalar_one()
+        return self._edge_time(conn, ship_id, channels, newest=False)
 
     def last_time(self, conn: Connection, ship_id: str, channels: list[str]) -> datetime | None:
         """The ship's newest created_time (one index probe per channel)."""
+        return self._edge_time(conn, ship_id, channels, newest=True)
+
+    def _edge_time(self, conn: Connection, ship_id: str, channels: list[str], newest: bool) -> datetime | None:
+        """The earliest (or newest) created_time over ``channels`` of ``ship_id``: one index probe each."""
         if not channels:
             return None
+        edge, order = ("max", "DESC") if newest else ("min", "ASC")
         return conn.execute(
             text(
-                f"""SELECT max(f.created_time) FROM unnest(CAST(:chs AS text[])) AS c(ch)
+                f"""SELECT {edge}(f.created_time) FROM unnest(CAST(:chs AS text[])) AS c(ch)
                 CROSS JOIN LATERAL (SELECT created_time FROM {self.sql}
-                    WHERE ship_id = :ship AND data_channel_id = c.ch ORDER BY created_time DESC LIMIT 1) f"""
+                    WHERE ship_id = :ship AND data_channel_id = c.ch ORDER BY created_time {order} LIMIT 1) f"""
             ),
             {"ship": ship_id, "chs": channels},
         ).scalar_one()

@@ -236,6 +236,11 @@ class CutoffStore:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
+    def _parent_not_a_folder(self) -> StateError:
+        """The error for a store whose STATE_DIR is a file, not a folder."""
+        return StateError(f"cannot read the cutoff store {self._path}: {self._path.parent} is not a directory; "
+                          "point STATE_DIR at a folder")
+
     def _open_lock_for_reading(self) -> int | None:
         """A descriptor of the lock file for a shared lock, or ``None`` when no lock is possible or needed."""
         try:
@@ -243,10 +248,7 @@ class CutoffStore:
         except FileNotFoundError:
             return None  # no state folder yet, so no file to read either
         except NotADirectoryError as exc:
-            raise StateError(
-                f"cannot read the cutoff store {self._path}: {self._path.parent} is not a directory; "
-                f"point STATE_DIR at a folder"
-            ) from exc
+            raise self._parent_not_a_folder() from exc
         except OSError as exc:
             try:
                 return os.open(self._lock_path, os.O_RDONLY)
@@ -264,10 +266,7 @@ class CutoffStore:
         except IsADirectoryError as exc:
             raise StateError(f"cutoff store {self._path} is a directory, not a file; move it away") from exc
         except NotADirectoryError as exc:
-            raise StateError(
-                f"cannot read the cutoff store {self._path}: {self._path.parent} is not a directory; "
-                f"point STATE_DIR at a folder"
-            ) from exc
+            raise self._parent_not_a_folder() from exc
         except OSError as exc:
             raise StateError(
                 f"cannot read the cutoff store {self._path}: {exc.strerror or exc}; check its permissions"
