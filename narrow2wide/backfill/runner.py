@@ -11,7 +11,8 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -24,14 +25,16 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 from narrow2wide.backfill.progress import LedgerProgress
 from narrow2wide.common.config import Settings
 from narrow2wide.common.errors import ConfigError, DatabaseUnavailable, error_line
-from narrow2wide.common.retry import DATABASE_ERRORS, RETRYABLE, backoff_delay
+from narrow2wide.common.retry import DATABASE_ERRORS, RETRYABLE, backoff_delay, is_transient
 from narrow2wide.db.catalogue import database_now, resolve_ships
 from narrow2wide.db.narrow_source import READ_SETTINGS_SQL, begin_snapshot_read
 from narrow2wide.db.runtime import Runtime, open_runtime
 from narrow2wide.engine.copy_reader import CopyReaderProcess
 from narrow2wide.engine.window_migrator import ShipPlanCache, UnknownChannels, migrate_window
+from narrow2wide.ops.throttle import BackfillGate, ThrottleSettings, check_throttle
 from narrow2wide.store.chunk_ledger import DONE, FAILED, PENDING, RUNNING, Chunk, ChunkLedger
 from narrow2wide.store.cutoff_store import CutoffStore
+from narrow2wide.store.hold_log import HoldLog
 
 log = logging.getLogger("data_migrator")  # the name the log file has always shown
 READER_PROCESSES = 2  # source blocks read at once by a backfill worker, each by a helper process
@@ -49,6 +52,7 @@ class BackfillOptions:
     max_attempts: int = 3
     backoff_seconds: float = 1.0
     progress: bool = True
+    throttle: ThrottleSettings = ThrottleSettings()
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class BackfillResult:
     rows_read: int
     rows_per_second: float
     retry_command: str | None = None
+    held_seconds: dict[str, float] = field(default_factory=dict)  # paused / throttled / rate_capped
 
 
 @dataclass
@@ -87,6 +92,7 @@ class WorkerStats:
     attempts_failed: int = 0
     rows_read: int = 0
     errors: list[str] = field(default_factory=list)
+    held_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def parse_cutoff(value: str, time_type: str, tz: str) -> datetime:
@@ -119,7 +125,11 @@ def resolve_cutoff(store: CutoffStore, ship_id: str, given: datetime | None, for
 
 
 def prepare_backfill(rt: Runtime, ships: list[str], opts: BackfillOptions) -> dict[str, datetime]:
-    """Fix each ship's cutoff and record its chunks in the ledger; returns ship -> cutoff."""
+    """Fix each ship's cutoff and record its chunks in the ledger; returns ship -> cutoff.
+
+    A throttle query that fails or is not read-only stops the run here, before anything is written.
+    """
+    check_throttle(rt, opts.throttle)
     store = CutoffStore(rt.settings.cutoff_file)
     store.check_writable()  # a damaged store or a full STATE_DIR stops the run before it changes anything
     ledger = ChunkLedger(rt.settings.target_schema)
@@ -150,10 +160,13 @@ def retry_failed_chunks(rt: Runtime, ships: list[str]) -> list[int]:
 
 
 def process_chunk(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: ShipPlanCache, chunk: Chunk,
-                  time_type: str, readers: Sequence[CopyReaderProcess] = ()) -> int:
+                  time_type: str, readers: Sequence[CopyReaderProcess] = (),
+                  after_block: Callable[[int, bool], bool] | None = None) -> int:
     """Migrate one claimed chunk; its data and its ledger row commit together. Returns rows read.
 
-    A channel without a column in the chunk's window gets one, and the chunk is read again.
+    A channel without a column in the chunk's window gets one, and the chunk is read again. When
+    ``after_block`` (the gate) ends the window early, the part written is marked done and the rest
+    becomes a new pending chunk, in the same transaction.
     """
     for attempt in (1, 2):
         plan = cache.cached(chunk.ship_id) if attempt == 1 else cache.ensure_channels(chunk.ship_id, time_type)
@@ -162,9 +175,15 @@ def process_chunk(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: Shi
                 begin_snapshot_read(sconn)
                 with conn.begin():
                     result = migrate_window(rt, sconn, conn, plan, chunk.start, chunk.end, direct=True,
-                                            readers=readers)
-                    ledger.mark_done(conn, chunk, result.rows_read, result.cells_written, result.wide_rows,
-                                     result.rejected, result.tables)
+                                            readers=readers, after_block=after_block)
+                    figures = (result.rows_read, result.cells_written, result.wide_rows, result.rejected,
+                               result.tables)
+                    if result.end < chunk.end:
+                        ledger.mark_part_done(conn, chunk, result.end, *figures)
+                        log.info("chunk %s %s..%s held at %s; the rest is pending", chunk.ship_id, chunk.start,
+                                 chunk.end, result.end)
+                    else:
+                        ledger.mark_done(conn, chunk, *figures)
             break
         except UnknownChannels as exc:
             if attempt == 2:
@@ -179,8 +198,12 @@ def process_chunk(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: Shi
 
 
 def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_seconds: float = 1.0,
-                stop: threading.Event | None = None, only_ids: list[int] | None = None) -> WorkerStats:
+                stop: threading.Event | None = None, only_ids: list[int] | None = None,
+                gate: BackfillGate | None = None) -> WorkerStats:
     """The worker loop: claim, migrate, mark, until every chunk is finished (or ``stop`` is set).
+
+    ``gate`` (the run's throttle; pause flags only when not given) is asked before each claim and
+    after each block: it holds the worker while its ships are paused or the source is busy.
 
     A failing chunk is retried with exponential backoff up to ``max_attempts`` times, then marked
     failed with its error; the loop goes on with the other chunks. When the only unfinished chunks
@@ -193,6 +216,10 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
     stats = WorkerStats()
     with rt.dbs.source.connect() as sconn:
         time_type = rt.source.time_type(sconn)
+    if gate is None:
+        gate = BackfillGate(rt, ThrottleSettings(), uuid.uuid4().hex, stop)
+        with rt.dbs.target.begin() as tconn:
+            HoldLog(rt.settings.target_schema).ensure(tconn)
     conn = rt.dbs.target.connect()
     # helper processes that read the source's blocks, two at a time
     readers = [CopyReaderProcess(rt.dbs.source, settings_sql=READ_SETTINGS_SQL) for _ in range(READER_PROCESSES)]
@@ -202,20 +229,24 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
             reader.start()
         while not (stop and stop.is_set()):
             try:
-                chunk = ledger.claim(conn, ships, only_ids)
-                held = ledger.unfinished(conn, ships, only_ids) if chunk is None else 0
+                left = ledger.unfinished_ships(conn, ships, only_ids)
+                active = gate.hold(list(left)) if left else []  # waits while paused or throttled
+                chunk = ledger.claim(conn, active, only_ids) if active else None
             except DATABASE_ERRORS as exc:
+                if not is_transient(exc):  # the ledger is gone or wrong: retrying cannot help
+                    raise
                 log.warning("reading the ledger failed: %s", error_line(exc))
                 conn = _fresh_connection(rt, conn, stop)
                 continue
             if chunk is None:
-                if held == 0 or _wait_for_held(held, waited, stop):
+                if not active or _wait_for_held(sum(left[s] for s in active), waited, stop):
                     break
                 waited += min(0.2 + waited / 10, 2.0)
                 continue
             waited = 0.0
             try:
-                stats.rows_read += process_chunk(rt, conn, ledger, cache, chunk, time_type, readers)
+                stats.rows_read += process_chunk(rt, conn, ledger, cache, chunk, time_type, readers,
+                                                 gate.for_ship(chunk.ship_id))
                 stats.chunks_done += 1
             except RETRYABLE as exc:
                 conn = _chunk_failed(rt, conn, ledger, cache, chunk, exc, stats, max_attempts, backoff_seconds, stop)
@@ -229,6 +260,8 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
         for reader in readers:
             reader.close()
         conn.close()
+        gate.close()
+    stats.held_seconds = dict(gate.seconds)
     return stats
 
 
@@ -329,8 +362,20 @@ def _reconnect(rt: Runtime, stop: threading.Event | None) -> Connection:
                                   f"{error_line(exc)}; re-run when it is back (done chunks are kept)") from exc
 
 
+@dataclass(frozen=True)
+class RunGate:
+    """What every worker of one run shares to build its :class:`BackfillGate`: the throttle and the run id."""
+
+    throttle: ThrottleSettings = ThrottleSettings()
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def gate(self, rt: Runtime, stop: threading.Event | None, rate_slot=None) -> BackfillGate:
+        """The gate of one worker (``rate_slot``: the rate cap's schedule shared by the run's processes)."""
+        return BackfillGate(rt, self.throttle, self.run_id, stop, rate_slot)
+
+
 def _worker_process(settings: Settings, ships: list[str], max_attempts: int, backoff: float, log_level: int,
-                    only_ids: list[int] | None, parent_pid: int) -> None:
+                    only_ids: list[int] | None, parent_pid: int, run_gate: RunGate, rate_slot) -> None:
     logging.basicConfig(level=log_level, format="%(message)s")
     stop = threading.Event()
 
@@ -343,22 +388,34 @@ def _worker_process(settings: Settings, ships: list[str], max_attempts: int, bac
 
     threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     with open_runtime(settings, "narrow-to-wide-worker") as rt:
-        work_chunks(rt, ships, max_attempts, backoff, stop=stop, only_ids=only_ids)
+        work_chunks(rt, ships, max_attempts, backoff, stop=stop, only_ids=only_ids,
+                    gate=run_gate.gate(rt, stop, rate_slot))
+
+
+def console_level() -> int:
+    """The level of this process's stderr diagnostics (the root logger itself passes everything to the log file)."""
+    streams = [h.level for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    return min(streams) if streams else logging.getLogger().getEffectiveLevel()
 
 
 def run_workers(rt: Runtime, ships: list[str], workers: int, max_attempts: int, backoff: float,
-                only_ids: list[int] | None = None, stop: threading.Event | None = None) -> None:
+                only_ids: list[int] | None = None, stop: threading.Event | None = None,
+                run_gate: RunGate | None = None) -> None:
     """Run ``workers`` worker processes (or the loop in this process when 1) until the ledger is drained.
 
     ``stop`` ends the run early: the in-process loop finishes its chunk; worker processes are
     terminated, and the chunk each was writing rolls back (it stays pending for the next run).
+    ``run_gate`` throttles every worker (its rate cap is one schedule for all of them); each
+    worker writes the time it was held to the hold log under the run's id.
     """
+    run_gate = run_gate or RunGate()
     if workers <= 1:
-        work_chunks(rt, ships, max_attempts, backoff, stop=stop, only_ids=only_ids)
+        work_chunks(rt, ships, max_attempts, backoff, stop=stop, only_ids=only_ids, gate=run_gate.gate(rt, stop))
         return
     ctx = multiprocessing.get_context("spawn")
-    level = logging.getLogger().getEffectiveLevel()
-    args = (rt.settings, ships, max_attempts, backoff, level, only_ids, os.getpid())
+    level = console_level()
+    slot = ctx.Value("d", 0.0)  # the rate cap's schedule, on time.monotonic (one clock for the host)
+    args = (rt.settings, ships, max_attempts, backoff, level, only_ids, os.getpid(), run_gate, slot)
     procs = [ctx.Process(target=_worker_process, args=args, name=f"backfill-worker-{i}") for i in range(workers)]
     for p in procs:
         p.start()
@@ -381,12 +438,13 @@ def run_workers(rt: Runtime, ships: list[str], workers: int, max_attempts: int, 
 
 
 def summarize(rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], seconds: float,
-              rows_read: int) -> BackfillResult:
-    """The ledger's figures for ``ships``."""
+              rows_read: int, run_id: str | None = None) -> BackfillResult:
+    """The ledger's figures for ``ships`` (and the hold log's for the run ``run_id``)."""
     ledger = ChunkLedger(rt.settings.target_schema)
     with rt.dbs.target.connect() as conn:
         counts = ledger.counts(conn, ships)
         failed = ledger.failed(conn, ships)
+        held = HoldLog(rt.settings.target_schema).totals(conn, run_id) if run_id else {}
     out = []
     for ship in ships:
         c = counts.get(ship, {})
@@ -400,7 +458,7 @@ def summarize(rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], secon
         retry = "python main.py --mode migration-only --retry-failed " + " ".join(
             f"--ship-id {s}" for s in sorted({f[0] for f in failed}))
     return BackfillResult(tuple(out), tuple(failed), round(seconds, 3), rows_read,
-                          round(rows_read / seconds, 1) if seconds > 0 else 0.0, retry)
+                          round(rows_read / seconds, 1) if seconds > 0 else 0.0, retry, held)
 
 
 class ProgressReporter(Protocol):
@@ -414,21 +472,25 @@ class ProgressReporter(Protocol):
 def drain_ledger(rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], workers: int = 1,
                  max_attempts: int = 3, backoff_seconds: float = 1.0, only_ids: list[int] | None = None,
                  stop: threading.Event | None = None, reporter: ProgressReporter | None = None,
-                 split_failing: bool = False) -> BackfillResult:
+                 split_failing: bool = False, run_gate: RunGate | None = None) -> BackfillResult:
     """Run the workers until the ledger of ``ships`` is drained (or ``stop``); the ledger's figures.
+
+    ``run_gate``: the run's throttle and id (the held seconds of the result are the run's).
 
     ``split_failing``: chunks still failed once the ledger is drained are split in halves (down
     to one hour, :meth:`ChunkLedger.split_failed`) and only the halves are run, until none splits.
     """
     ledger = ChunkLedger(rt.settings.target_schema)
-    with rt.dbs.target.connect() as conn:
+    run_gate = run_gate or RunGate()
+    with rt.dbs.target.begin() as conn:
+        HoldLog(rt.settings.target_schema).ensure(conn)
         run_started = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
     started = time.monotonic()
     if reporter:
         reporter.start()
     try:
         while True:
-            run_workers(rt, ships, workers, max_attempts, backoff_seconds, only_ids, stop=stop)
+            run_workers(rt, ships, workers, max_attempts, backoff_seconds, only_ids, stop=stop, run_gate=run_gate)
             if not split_failing or (stop is not None and stop.is_set()):
                 break
             with rt.dbs.target.begin() as conn:
@@ -442,16 +504,17 @@ def drain_ledger(rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], wo
     seconds = time.monotonic() - started
     with rt.dbs.target.connect() as conn:
         rows = ledger.rows_done_since(conn, ships, run_started)
-    return summarize(rt, ships, cutoffs, seconds, rows)
+    return summarize(rt, ships, cutoffs, seconds, rows, run_gate.run_id)
 
 
-def run_backfill(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: BackfillOptions = BackfillOptions()
-                 ) -> BackfillResult:
-    """``--mode migration-only``: backfill every chunk before each ship's cutoff."""
+def run_backfill(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: BackfillOptions = BackfillOptions(),
+                 stop: threading.Event | None = None) -> BackfillResult:
+    """``--mode migration-only``: backfill every chunk before each ship's cutoff (or until ``stop``)."""
     ships = resolve_ships(rt, ship_ids)
     cutoffs = prepare_backfill(rt, ships, opts)
     only_ids = retry_failed_chunks(rt, ships) if opts.retry_failed else None
     return drain_ledger(rt, ships, cutoffs, opts.workers, opts.max_attempts, opts.backoff_seconds, only_ids,
-                        reporter=LedgerProgress(rt, ships) if opts.progress else None)
+                        stop=stop, reporter=LedgerProgress(rt, ships) if opts.progress else None,
+                        run_gate=RunGate(opts.throttle))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from narrow2wide.common.model import ShipSchema
@@ -10,6 +10,8 @@ from narrow2wide.db.catalogue import database_now, load_ship_layouts, newest_wid
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.store.chunk_ledger import DONE, FAILED, PENDING, RUNNING, ChunkLedger
 from narrow2wide.store.cutoff_store import CutoffStore, ShipState
+from narrow2wide.store.hold_log import HoldLog
+from narrow2wide.store.pause_flags import PauseFlags, paused_since
 
 
 @dataclass(frozen=True)
@@ -33,15 +35,27 @@ class ShipStatus:
     watermark: datetime | None
     lag_seconds: float | None
     last_error: str | None
+    paused_since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HoldNow:
+    """Backfill workers held right now for one reason."""
+
+    workers: int
+    since: datetime
 
 
 @dataclass(frozen=True)
 class StatusReport:
-    """``--mode status``."""
+    """``--mode status`` (``--json`` prints exactly these fields; the README lists them)."""
 
     target_schema: str
     ships: tuple[ShipStatus, ...]
     database_time: datetime | None = None
+    paused: dict[str, datetime] = field(default_factory=dict)  # scope (a ship id, or "*": every ship) -> since
+    held_seconds: dict[str, float] = field(default_factory=dict)  # reason -> seconds, over every run
+    holding_now: dict[str, HoldNow] = field(default_factory=dict)  # reason -> workers held now
 
 
 def ship_status(ship_id: str, layout: ShipSchema | None, counts: dict[str, int], state: ShipState | None,
@@ -103,6 +117,19 @@ def migration_status(rt: Runtime, ship_ids: tuple[str, ...] = ()) -> StatusRepor
             error = ledger.last_error(conn, ship) if ship in counts else None
             report.append(ship_status(ship, layouts.get(ship), counts.get(ship, {}), states.get(ship),
                                       wide_row_count(conn, schema, tables[ship]), newest.get(ship), now, error))
-    return StatusReport(schema, tuple(report), now)
+        flags = PauseFlags(schema).active(conn)
+        holds = HoldLog(schema)
+        held, holding = holds.totals(conn), holds.holding_now(conn)
+    report = [_with_pause(s, paused_since(flags, s.ship_id)) for s in report]
+    return StatusReport(schema, tuple(report), now, flags, held,
+                        {reason: HoldNow(n, since) for reason, (n, since) in holding.items()})
+
+
+def _with_pause(ship: ShipStatus, since: datetime | None) -> ShipStatus:
+    """``ship`` as paused since ``since`` (its status ``paused`` unless its backfill is complete)."""
+    if since is None:
+        return ship
+    status = ship.status if ship.status == "completed" else "paused"
+    return replace(ship, status=status, paused_since=since)
 
 

@@ -31,14 +31,34 @@ MODES: dict[str, str] = {
     "concurrent": "Realtime from the cutoff and the backfill of history at the same time (recommended).",
     "hybrid": "Concurrent with parallel workers, chunk splitting and a progress file.",
     "streaming": "One cursor per ship from its first row up to the live data.",
-    "status": "Show per-ship progress: chunks, rows, cutoff, watermark, rejects.",
+    "status": "Show per-ship progress: chunks, rows, cutoff, watermark, rejects, pauses and holds.",
+    "pause": "Pause the backfill (of --ship-id ships, else every ship) on every host; applies to the next run too.",
+    "resume": "Resume a paused backfill: held workers go on with no restart.",
     "validate": "Compare the wide tables with the source per hour bucket (--repair fixes).",
     "demo": "Run the whole guide on a generated fleet with a live writer (--seed-only: only seed it).",
 }
 
 
+BACKFILL_MODES = ("migration-only", "concurrent", "hybrid")  # --dry-run and the throttle options
+LONG_RUNNING_MODES = ("migration-only", "realtime", "concurrent", "hybrid", "streaming")  # --metrics-port
+
+
 def _mode_help() -> str:
     return "; ".join(f"{name}: {text}" for name, text in MODES.items())
+
+
+def check_mode_options(mode: str, opts: dict) -> None:
+    """Refuse options that mean nothing for ``mode`` (a usage error, exit 2)."""
+    def refuse(flag: str, modes: tuple[str, ...]) -> None:
+        raise click.UsageError(f"{flag} applies to --mode {', '.join(modes)} only, not to --mode {mode}")
+
+    if mode not in BACKFILL_MODES:
+        for key, flag in (("dry_run", "--dry-run"), ("max_rows_per_second", "--max-rows-per-second"),
+                          ("throttle_query", "--throttle-query"), ("max_source_active", "--max-source-active")):
+            if opts.get(key) not in (None, False):
+                refuse(flag, BACKFILL_MODES)
+    if mode not in LONG_RUNNING_MODES and opts.get("metrics_port") is not None:
+        refuse("--metrics-port", LONG_RUNNING_MODES)
 
 
 class LogFileHandler(logging.FileHandler):
@@ -126,7 +146,17 @@ def run_mode(mode: str, settings: Settings, opts: dict) -> tuple[object, int]:
 @click.option("--drop-tables", is_flag=True, help="tables-only: drop and recreate the tables this tool created.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--repair", is_flag=True, help="validate: re-migrate buckets that differ, then check again.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (status: fields listed in README).")
+@click.option("--dry-run", is_flag=True,
+              help="migration-only, concurrent, hybrid: print the plan per ship with an ETA; write nothing.")
+@click.option("--max-rows-per-second", type=click.FloatRange(min=0, min_open=True),
+              help="Backfill: at most this many narrow rows per second over all workers of the run.")
+@click.option("--throttle-query", metavar="SQL",
+              help="Backfill: hold while this read-only query on the source returns true (checked every 2 s).")
+@click.option("--max-source-active", type=click.IntRange(min=0), metavar="N",
+              help="Backfill: hold while the source has more than N active sessions (not counting this tool's).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Serve Prometheus /metrics and /healthz on PORT (default METRICS_PORT; host METRICS_HOST).")
 @click.option("--ships", type=click.IntRange(min=1), default=2, show_default=True, help="demo: ships to generate.")
 @click.option("--channels", type=click.IntRange(min=1), default=100, show_default=True,
               help="demo: channels per ship.")
@@ -142,6 +172,7 @@ def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> No
     Settings come from the environment or a .env file (see README). With no database
     configured, an embedded PostgreSQL under STATE_DIR is started.
     """
+    check_mode_options(mode, opts)
     try:
         settings = load_settings()
         overrides: dict[str, object] = {}
@@ -155,7 +186,8 @@ def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> No
         sys.exit(2)
 
     quiet_cycle = mode == "realtime" and bool(opts["once"]) and verbose == 0
-    setup_logging(-1 if (quiet or quiet_cycle) else verbose, settings.log_file)
+    # a dry run writes nothing, not even the log file
+    setup_logging(-1 if (quiet or quiet_cycle) else verbose, None if opts["dry_run"] else settings.log_file)
     try:
         result, code = run_mode(mode, settings, opts)
     except MigratorError as exc:
@@ -192,7 +224,7 @@ def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> No
         else:
             from narrow2wide.cli import report
 
-            text_out = report.render(mode, result)
+            text_out = report.render("dry-run" if opts["dry_run"] else mode, result)
             if text_out:
                 click.echo(text_out)
     sys.exit(code)

@@ -13,9 +13,25 @@ from functools import partial
 from narrow2wide.cli.stopping import stop_on_signals
 from narrow2wide.common.config import Settings
 from narrow2wide.db.runtime import open_runtime
+from narrow2wide.ops.observe import observed_run
+from narrow2wide.ops.throttle import ThrottleSettings
 from narrow2wide.strategies import REGISTRY
 
 Handler = Callable[[Settings, dict], tuple[object, int]]
+
+
+def throttle_of(opts: dict) -> ThrottleSettings:
+    """The backfill's brakes from ``--max-rows-per-second``, ``--throttle-query`` and ``--max-source-active``."""
+    return ThrottleSettings(max_rows_per_second=opts.get("max_rows_per_second"),
+                            throttle_query=opts.get("throttle_query"),
+                            max_source_active=opts.get("max_source_active"))
+
+
+def metrics_port(settings: Settings, opts: dict) -> int | None:
+    """``--metrics-port``, else METRICS_PORT; None (no endpoint) for a one-shot ``realtime --once``."""
+    if opts.get("once"):
+        return None
+    return opts.get("metrics_port") or settings.metrics_port
 
 
 def demo(settings: Settings, opts: dict) -> tuple[object, int]:
@@ -68,9 +84,14 @@ def migration_only(settings: Settings, opts: dict) -> tuple[object, int]:
     from narrow2wide.backfill.runner import BackfillOptions, run_backfill
 
     options = BackfillOptions(cutoff_time=opts["cutoff_time"], force=opts["force"], chunk_hours=opts["chunk_hours"],
-                              workers=opts["workers"], retry_failed=opts["retry_failed"])
+                              workers=opts["workers"], retry_failed=opts["retry_failed"], throttle=throttle_of(opts))
     with open_runtime(settings) as rt:
-        result = run_backfill(rt, settings.ship_ids, options)
+        if opts.get("dry_run"):
+            from narrow2wide.backfill.dry_run import plan_backfill
+
+            return plan_backfill(rt, settings.ship_ids, options, "migration-only"), 0
+        with observed_run(rt, metrics_port(settings, opts), settings.metrics_host, settings.ship_ids):
+            result = run_backfill(rt, settings.ship_ids, options)
     return result, 1 if result.failed_chunks else 0
 
 
@@ -91,7 +112,24 @@ def validate(settings: Settings, opts: dict) -> tuple[object, int]:
     return report, 0 if report.ok else 1
 
 
-HANDLERS.update({"migration-only": migration_only, "status": status, "validate": validate})
+def pause(settings: Settings, opts: dict) -> tuple[object, int]:
+    """Pause the backfill of the ``--ship-id`` ships (every ship when none)."""
+    from narrow2wide.ops.pausing import pause_backfill
+
+    with open_runtime(settings) as rt:
+        return pause_backfill(rt, settings.ship_ids), 0
+
+
+def resume(settings: Settings, opts: dict) -> tuple[object, int]:
+    """Resume a paused backfill (exit 0 when nothing was paused, saying so)."""
+    from narrow2wide.ops.pausing import resume_backfill
+
+    with open_runtime(settings) as rt:
+        return resume_backfill(rt, settings.ship_ids), 0
+
+
+HANDLERS.update({"migration-only": migration_only, "status": status, "validate": validate, "pause": pause,
+                 "resume": resume})
 
 
 def realtime(settings: Settings, opts: dict) -> tuple[object, int]:
@@ -100,8 +138,11 @@ def realtime(settings: Settings, opts: dict) -> tuple[object, int]:
 
     options = RealtimeOptions(interval_minutes=opts["interval"], once=opts["once"], run_for=opts["run_for"],
                               cursor=opts["cursor"], wait_for_lock=opts["wait_lock"])
-    with open_runtime(settings, "narrow-to-wide realtime") as rt, stop_on_signals(threading.Event()) as stop:
-        result = run_realtime(rt, settings.ship_ids, options, stop)
+    with (open_runtime(settings, "narrow-to-wide realtime") as rt,
+          observed_run(rt, metrics_port(settings, opts), settings.metrics_host, settings.ship_ids,
+                       realtime_interval=opts["interval"] * 60, backfill=False) as on_cycle,
+          stop_on_signals(threading.Event()) as stop):
+        result = run_realtime(rt, settings.ship_ids, options, stop, on_cycle=on_cycle)
     return result, 0 if (result.ok or not opts["once"]) else 1
 
 
@@ -113,13 +154,30 @@ def run_strategy(settings: Settings, opts: dict, name: str) -> tuple[object, int
     from narrow2wide.strategies import StrategyOptions, get_strategy
 
     strategy = get_strategy(name)
-    options = StrategyOptions(
-        interval_minutes=opts["interval"], run_for=opts["run_for"], workers=opts["workers"],
-        chunk_hours=opts["chunk_hours"], cutoff_time=opts["cutoff_time"], force=opts["force"],
-        cursor=opts["cursor"])
-    with open_runtime(settings, f"narrow-to-wide {name}") as rt, stop_on_signals(threading.Event()) as stop:
+    if opts.get("dry_run"):
+        return dry_run_strategy(settings, opts, name)
+    realtime = name != "streaming"  # streaming has no cycles: its health follows the polls of the target
+    with (open_runtime(settings, f"narrow-to-wide {name}") as rt,
+          observed_run(rt, metrics_port(settings, opts), settings.metrics_host, settings.ship_ids,
+                       realtime_interval=opts["interval"] * 60 if realtime else None) as on_cycle,
+          stop_on_signals(threading.Event()) as stop):
+        options = StrategyOptions(
+            interval_minutes=opts["interval"], run_for=opts["run_for"], workers=opts["workers"],
+            chunk_hours=opts["chunk_hours"], cutoff_time=opts["cutoff_time"], force=opts["force"],
+            cursor=opts["cursor"], throttle=throttle_of(opts), on_cycle=on_cycle)
         result = strategy.run(rt, settings.ship_ids, options, stop)
     return result, 0 if result.ok else 1
+
+
+def dry_run_strategy(settings: Settings, opts: dict, name: str) -> tuple[object, int]:
+    """``--mode concurrent|hybrid --dry-run``: the backfill's plan (realtime would start at the cutoff)."""
+    from narrow2wide.backfill.dry_run import plan_backfill
+    from narrow2wide.backfill.runner import BackfillOptions
+
+    options = BackfillOptions(cutoff_time=opts["cutoff_time"], force=opts["force"], chunk_hours=opts["chunk_hours"],
+                              workers=opts["workers"], throttle=throttle_of(opts))
+    with open_runtime(settings) as rt:
+        return plan_backfill(rt, settings.ship_ids, options, name), 0
 
 
 STRATEGY_MODES = tuple(REGISTRY)  # one --mode per registered strategy

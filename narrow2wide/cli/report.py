@@ -59,6 +59,8 @@ def _backfill(r) -> str:
                      + (f", {s.rejected:,} rejected (see STATE_DIR/rejects)" if s.rejected else ""))
     for ship, start, end, err in r.failed_chunks:
         lines.append(f"  FAILED {ship} {start} .. {end}: {err}")
+    if any(r.held_seconds.values()):
+        lines.append("  held: " + _held(r.held_seconds))
     if r.retry_command:
         lines.append(f"Retry the failed chunks with: {r.retry_command}")
     else:
@@ -70,12 +72,59 @@ def _lag(seconds) -> str:
     return "-" if seconds is None else f"{seconds:,.0f} s"
 
 
+def _held(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{reason.replace('_', ' ')} {value:,.1f} s" for reason, value in sorted(seconds.items()) if value)
+
+
+def _scope(scope: str) -> str:
+    return "every ship" if scope == "*" else scope
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "unknown (no sample rows)"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
+def _plan(r) -> str:
+    lines = [f"Dry run of --mode {r.mode} (database time {r.database_time}); nothing was written.",
+             f"  chunks of {r.chunk_hours} h, {r.workers} worker(s)"
+             + ("; realtime would start at each ship's cutoff" if r.realtime_from_cutoff else "")]
+    for s in r.ships:
+        lines.append(f"  {s.ship_id}: cutoff {s.cutoff} ({s.cutoff_from}), history from {s.first_time or '-'}; "
+                     f"chunks {s.chunks_done} done, {s.chunks_to_do} to do ({s.chunks_new} new), "
+                     f"{s.chunks_failed} failed; {s.hours_to_do:,.1f} h, about {s.estimated_rows:,} rows")
+        if s.note:
+            lines.append(f"    note: {s.note}")
+    lines.append(f"About {r.estimated_rows:,} rows to move; the sample read and pivoted "
+                 f"{r.sample_rows_per_second:,.0f} rows/s per worker: ETA {_duration(r.eta_seconds)} "
+                 "(the writes overlap the reads)")
+    return "\n".join(lines)
+
+
+def _pause(r) -> str:
+    return "\n".join([f"Paused {_scope(scope)} since {since}." for scope, since in r.paused.items()]
+                     + ["Running backfills hold within seconds; the next run holds too. Resume: --mode resume"])
+
+
+def _resume(r) -> str:
+    if not r.resumed:
+        lines = ["Nothing was paused" + (": the pauses left are listed below." if r.still_paused else ".")]
+    else:
+        lines = [f"Resumed {_scope(scope)} (paused since {since})." for scope, since in r.resumed.items()]
+    lines += [f"Still paused: {_scope(scope)} since {since}." for scope, since in r.still_paused.items()]
+    return "\n".join(lines)
+
+
 def _status(r) -> str:
     lines = [f"Status of schema {r.target_schema} (database time {r.database_time}):"]
     if not r.ships:
         lines.append("  no ships yet: run --mode schema-only and --mode tables-only")
     for s in r.ships:
-        lines.append(f"  {s.ship_id}: {s.status.upper()}  {s.percent:.1f}% "
+        paused = f" since {s.paused_since}" if s.status == "paused" else ""
+        lines.append(f"  {s.ship_id}: {s.status.upper()}{paused}  {s.percent:.1f}% "
                      f"({s.chunks_done}/{s.chunks_total} chunks, {s.chunks_failed} failed, "
                      f"{s.chunks_running} running, {s.chunks_pending} pending)")
         lines.append("    tables: " + ", ".join(f"{t} [{n} columns]" for t, n in s.tables.items()))
@@ -85,6 +134,12 @@ def _status(r) -> str:
                      f"lag {_lag(s.lag_seconds)}")
         if s.last_error:
             lines.append(f"    last error: {s.last_error}")
+    for scope, since in r.paused.items():
+        lines.append(f"  backfill PAUSED for {_scope(scope)} since {since} (--mode resume continues it)")
+    for reason, now in r.holding_now.items():
+        lines.append(f"  {now.workers} backfill worker(s) held now ({reason.replace('_', ' ')}) since {now.since}")
+    if any(r.held_seconds.values()):
+        lines.append("  backfill held so far: " + _held(r.held_seconds))
     return "\n".join(lines)
 
 
@@ -123,6 +178,8 @@ def _strategy(r) -> str:
                      f"({r.backfill.rows_per_second:,.0f} rows/s)")
         for ship, start, end, err in r.backfill.failed_chunks:
             lines.append(f"  FAILED {ship} {start} .. {end}: {err}")
+        if any(r.backfill.held_seconds.values()):
+            lines.append("  backfill held: " + _held(r.backfill.held_seconds))
     if r.stream_rows:
         lines.append(f"  streamed {r.stream_rows:,} rows")
     if r.stream_failures:
@@ -156,6 +213,9 @@ RENDERERS: dict[str, Callable[[object], str]] = {
     "concurrent": _strategy,
     "hybrid": _strategy,
     "streaming": _strategy,
+    "dry-run": _plan,
+    "pause": _pause,
+    "resume": _resume,
 }
 
 

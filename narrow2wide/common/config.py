@@ -25,6 +25,8 @@ DEFAULTS: dict[str, str] = {
     "EMBEDDED_PGDATA": "",  # empty: STATE_DIR/pgdata
     "SOURCE_TIMEZONE": "UTC",
     "REALTIME_LOOKBACK_MINUTES": "10",
+    "METRICS_PORT": "",  # empty: no metrics endpoint (--metrics-port turns it on)
+    "METRICS_HOST": "127.0.0.1",
 }
 
 
@@ -43,6 +45,8 @@ class Settings:
     embedded_pgdata: Path = field(default_factory=lambda: Path("state/pgdata"))
     source_timezone: str = "UTC"
     realtime_lookback_minutes: int = 10
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def uses_embedded(self) -> bool:
@@ -236,6 +240,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
     chunk_hours = _positive_int("CHUNK_HOURS", get("CHUNK_HOURS"), problems)
     lookback = _positive_int("REALTIME_LOOKBACK_MINUTES", get("REALTIME_LOOKBACK_MINUTES"), problems, minimum=0)
     timezone = _timezone(get, problems)
+    metrics_port = _positive_int("METRICS_PORT", get("METRICS_PORT"), problems) if get("METRICS_PORT") else None
+    if metrics_port is not None and metrics_port > 65535:
+        problems.append(f"METRICS_PORT must be a TCP port (1 to 65535), got {metrics_port}")
     state_dir = Path(get("STATE_DIR") or "./state")
     pgdata = Path(get("EMBEDDED_PGDATA")) if get("EMBEDDED_PGDATA") else state_dir / "pgdata"
     if problems:
@@ -252,4 +259,6 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         embedded_pgdata=pgdata,
         source_timezone=timezone,
         realtime_lookback_minutes=lookback,
+        metrics_port=metrics_port,
+        metrics_host=get("METRICS_HOST") or "127.0.0.1",
     )

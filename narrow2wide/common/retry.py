@@ -20,6 +20,15 @@ RETRYABLE: tuple[type[BaseException], ...] = (RetryableError, *DATABASE_ERRORS, 
 """What the long-running loops retry: the tool's retryable errors and the database's, OS and value errors."""
 
 
+def is_transient(exc: BaseException) -> bool:
+    """True for a database error another attempt may get past: a lost or refused connection, a
+    cancelled statement, a deadlock or serialization failure (psycopg2's ``OperationalError`` family);
+    False for a statement that is wrong (a missing table, a syntax error), which fails the same way again."""
+    orig = getattr(exc, "orig", None) or exc
+    return isinstance(orig, (psycopg2.OperationalError, psycopg2.InterfaceError)) or bool(
+        getattr(exc, "connection_invalidated", False))
+
+
 def backoff_delay(attempt: int, first: float, cap: float) -> float:
     """Seconds to wait before retry number ``attempt`` (1, 2, ...): ``first`` doubled each time, at most ``cap``."""
     return min(first * 2.0 ** (attempt - 1), cap)

@@ -32,6 +32,16 @@ def ddl_key(schema: str, ship_id: str) -> str:
     return f"migrator-ddl:{schema}:{ship_id}"
 
 
+def bookkeeping_key(schema: str, table: str) -> str:
+    """Creating one of the tool's bookkeeping tables (transaction lock: two first runs at once do not race)."""
+    return f"migrator-bookkeeping:{schema}:{table}"
+
+
+def take_xact_lock(conn: Connection, key: str) -> None:
+    """Take the transaction lock ``key`` (built by one of the functions above) until the transaction ends."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})
+
+
 def take_write_locks(conn: Connection, schema: str, ship_ids: list[str]) -> None:
     """Take the write lock of every ship in ``ship_ids`` until ``conn``'s transaction ends (one statement).
 

@@ -11,7 +11,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -49,6 +49,9 @@ from narrow2wide.engine.wide_writer import delete_window, merge_copy, merge_many
 from narrow2wide.schema.tables import add_channels
 
 log = logging.getLogger("window_migrator")  # the name the log file has always shown
+
+AfterBlock = Callable[[int, bool], bool]
+"""Called after each block of a window with (rows read, last block?); True ends the window there."""
 
 READ_BLOCKS = 12  # a window is read in up to this many time blocks (pipelined with pivot and write)
 BLOCK_MIN = timedelta(minutes=30)  # never smaller blocks than this
@@ -215,6 +218,7 @@ def migrate_window(
     replace: bool = False,
     direct: bool = False,
     readers: Sequence[CopyReaderProcess] = (),
+    after_block: AfterBlock | None = None,
 ) -> WindowResult:
     """Move the rows of ``plan.ship_id`` with ``start <= created_time < end`` into the wide tables.
 
@@ -223,6 +227,9 @@ def migrate_window(
     ``direct`` (the backfill) copies a block straight into a table that has no row in its range
     instead of merging it; realtime and repair always merge. ``readers`` (the backfill) run the
     COPYs of the blocks in helper processes on this transaction's snapshot, one block each at a time.
+    ``after_block(rows, last)`` (the backfill's throttle) is called after each block is written; when
+    it returns True the window ends there: the result's ``end`` is that block's end, and the rest
+    of the window is the caller's to plan again.
     Raises :class:`UnknownChannels` when the window holds rows of a channel without a column.
 
     The window is read in time blocks (a wide row never spans two: it is one created_time), and
@@ -258,8 +265,13 @@ def migrate_window(
             tally.t_read += time.monotonic() - t0
             if k + len(outs) < len(blocks):  # the reader of block k is free again: it takes block k + n
                 pending[k + len(outs)] = pool.submit(read, k + len(outs))
+            rows_before = tally.rows
             tally.write_block(target_conn, schema, batch, b_start, b_end, direct)
             del batch
+            last = k == len(blocks) - 1
+            if after_block is not None and after_block(tally.rows - rows_before, last) and not last:
+                tally.end = b_end  # the reads already under way finish and are dropped
+                break
     return tally.finish(rt, source_conn)
 
 

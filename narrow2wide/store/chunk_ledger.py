@@ -79,11 +79,8 @@ class ChunkLedger:
         chunk and after the latest one (a later cutoff) gets new chunks, so re-running with another
         ``--chunk-hours`` never plans the same rows twice. Returns how many chunks were added.
         """
-        lo, hi = conn.execute(text(f"SELECT min(window_start), max(window_end) FROM {self.table} "
-                                   "WHERE ship_id = :s"), {"s": ship_id}).one()
-        start = first.replace(minute=0, second=0, microsecond=0)
-        gaps = [(start, cutoff)] if lo is None else [(start, min(lo, cutoff)), (max(hi, start), cutoff)]
-        windows = [w for a, b in gaps for w in cut_window(a, b, [timedelta(hours=hours)])]
+        lo, hi = self.span(conn, ship_id)
+        windows = new_windows(lo, hi, first, cutoff, hours)
         if not windows:
             return 0
         ts = self._ts(conn)
@@ -93,6 +90,18 @@ class ChunkLedger:
                 ON CONFLICT (ship_id, window_start, window_end) DO NOTHING"""),
             {"s": ship_id, "a": [w[0] for w in windows], "b": [w[1] for w in windows]})
         return int(result.rowcount)
+
+    def span(self, conn: Connection, ship_id: str) -> tuple[datetime | None, datetime | None]:
+        """The earliest start and the latest end of the ship's planned chunks (None, None when none)."""
+        lo, hi = conn.execute(text(f"SELECT min(window_start), max(window_end) FROM {self.table} "
+                                   "WHERE ship_id = :s"), {"s": ship_id}).one()
+        return lo, hi
+
+    def open_windows(self, conn: Connection, ship_id: str) -> list[tuple[datetime, datetime]]:
+        """The [start, end) windows of the ship's pending and running chunks, in order."""
+        return [(r[0], r[1]) for r in conn.execute(text(
+            f"SELECT window_start, window_end FROM {self.table} WHERE ship_id = :s "
+            "AND status IN ('pending', 'running') ORDER BY window_start"), {"s": ship_id}).all()]
 
     def _ts(self, conn: Connection) -> str:
         dtype = conn.execute(text(
@@ -136,6 +145,17 @@ class ChunkLedger:
                     AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))"""),
                 {"s": ship_ids, "ids": only_ids}).scalar_one())
 
+    def unfinished_ships(self, conn: Connection, ship_ids: list[str],
+                         only_ids: list[int] | None = None) -> dict[str, int]:
+        """Ship -> how many of its chunks (or of ``only_ids``) are pending or running; ships with none are left out."""
+        with conn.begin():
+            return {ship: int(n) for ship, n in conn.execute(text(
+                f"""SELECT ship_id, count(*) FROM {self.table} WHERE status IN ('pending', 'running')
+                    AND ship_id = ANY(CAST(:s AS text[]))
+                    AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))
+                    GROUP BY ship_id ORDER BY ship_id"""),
+                {"s": ship_ids, "ids": only_ids}).all()}
+
     def claim(self, conn: Connection, ship_ids: list[str], only_ids: list[int] | None = None) -> Chunk | None:
         """Claim the next chunk nobody holds, newest window first; None when every unfinished one is held.
 
@@ -178,13 +198,32 @@ class ChunkLedger:
 
     def mark_done(self, conn: Connection, chunk: Chunk, rows_read: int, cells: int, wide_rows: int, rejected: int,
                   tables: tuple[str, ...]) -> None:
-        """Mark the chunk done, inside the transaction that wrote its data."""
+        """Mark the chunk done, inside the transaction that wrote its data (as its last statement).
+
+        ``finished_at`` is the clock at this statement, not the transaction's start: the chunk's
+        seconds are the time from its claim to its data written.
+        """
         conn.execute(text(
             f"""UPDATE {self.table} SET status = 'done', rows_read = :r, cells_written = :c, wide_rows = :w,
-                    rejected = :rej, tables = CAST(:t AS text[]), last_error = NULL, finished_at = now(),
-                    seconds = extract(epoch FROM now() - started_at)
+                    rejected = :rej, tables = CAST(:t AS text[]), last_error = NULL,
+                    finished_at = clock_timestamp(), seconds = extract(epoch FROM clock_timestamp() - started_at)
                 WHERE id = :id"""),
             {"id": chunk.id, "r": rows_read, "c": cells, "w": wide_rows, "rej": rejected, "t": list(tables)})
+
+    def mark_part_done(self, conn: Connection, chunk: Chunk, end: datetime, rows_read: int, cells: int,
+                       wide_rows: int, rejected: int, tables: tuple[str, ...]) -> int:
+        """Mark ``[chunk.start, end)`` done and plan ``[end, chunk.end)`` as a new pending chunk.
+
+        For a backfill that holds (a pause, a throttle) at a block boundary: the blocks written so
+        far commit with their ledger row, in the transaction that wrote them, and the rest of the
+        window stays planned exactly once. Returns the id of the new chunk.
+        """
+        conn.execute(text(f"UPDATE {self.table} SET window_end = :e WHERE id = :id"), {"id": chunk.id, "e": end})
+        self.mark_done(conn, chunk, rows_read, cells, wide_rows, rejected, tables)
+        return int(conn.execute(text(
+            f"""INSERT INTO {self.table} (ship_id, window_start, window_end, attempts)
+                VALUES (:s, :a, :b, :n) RETURNING id"""),
+            {"s": chunk.ship_id, "a": end, "b": chunk.end, "n": chunk.attempts}).scalar_one())
 
     def mark_error(self, conn: Connection, chunk: Chunk, error: str, failed: bool) -> None:
         """Record a failed attempt; ``failed`` gives up on the chunk (status failed), else it stays pending."""
@@ -217,6 +256,18 @@ class ChunkLedger:
             f"""SELECT coalesce(sum(rows_read), 0) FROM {self.table} WHERE status = 'done'
                 AND finished_at >= :t AND ship_id = ANY(CAST(:s AS text[]))"""),
             {"t": since, "s": ship_ids}).scalar_one())
+
+    def chunk_seconds_since(self, conn: Connection, ship_ids: list[str] | None,
+                            since: datetime) -> dict[int, float]:
+        """Chunk id -> seconds of the chunks of ``ship_ids`` (all when None) finished at or after ``since``.
+
+        A chunk commits a moment after its ``finished_at``, so a caller that polls should look back
+        a little and skip the ids it has seen.
+        """
+        return {int(r[0]): float(r[1]) for r in conn.execute(text(
+            f"""SELECT id, coalesce(seconds, 0) FROM {self.table} WHERE status = 'done' AND finished_at >= :t
+                AND (CAST(:s AS text[]) IS NULL OR ship_id = ANY(CAST(:s AS text[])))"""),
+            {"t": since, "s": ship_ids}).all()}
 
     def held_running(self, conn: Connection, ship_ids: list[str]) -> int:
         """How many 'running' chunks a live worker really holds (their advisory lock is taken)."""
@@ -252,3 +303,15 @@ class ChunkLedger:
         return conn.execute(text(
             f"SELECT last_error FROM {self.table} WHERE ship_id = :s AND last_error IS NOT NULL "
             "ORDER BY finished_at DESC NULLS LAST LIMIT 1"), {"s": ship_id}).scalar()
+
+
+def new_windows(lo: datetime | None, hi: datetime | None, first: datetime, cutoff: datetime,
+                hours: int) -> list[tuple[datetime, datetime]]:
+    """The chunk windows :meth:`ChunkLedger.plan` adds to a ship whose planned chunks span ``[lo, hi)``.
+
+    History from ``first`` (rounded down to the hour) up to ``cutoff``, less what is planned
+    already: only the part before ``lo`` and the part after ``hi`` get new windows.
+    """
+    start = first.replace(minute=0, second=0, microsecond=0)
+    gaps = [(start, cutoff)] if lo is None else [(start, min(lo, cutoff)), (max(hi, start), cutoff)]
+    return [w for a, b in gaps for w in cut_window(a, b, [timedelta(hours=hours)])]

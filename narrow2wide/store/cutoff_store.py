@@ -73,6 +73,12 @@ class CutoffStore:
         with self._locked(exclusive=False):
             return self._read()
 
+    def peek(self) -> dict[str, ShipState]:
+        """Like :meth:`load`, but creates nothing (no lock file) when the store does not exist (``--dry-run``)."""
+        if not self._path.exists():
+            return {}
+        return self.load()
+
     def get(self, ship_id: str) -> ShipState | None:
         """The state of one ship, or ``None`` when the store knows nothing about it."""
         return self.load().get(ship_id)

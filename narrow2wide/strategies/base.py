@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from narrow2wide.backfill.runner import BackfillResult
 from narrow2wide.db.runtime import Runtime
-from narrow2wide.realtime.processor import RealtimeResult
+from narrow2wide.ops.throttle import ThrottleSettings
+from narrow2wide.realtime.processor import CycleResult, RealtimeResult
 
 log = logging.getLogger("strategies.base")  # the name the log file has always shown
 
@@ -32,6 +34,8 @@ class StrategyOptions:
     progress: bool = True
     install_signal_handlers: bool = True  # unused, kept for callers: only the CLI handles signals (cli/stopping.py)
     stop_when_caught_up: bool = False  # end once history is done and realtime has caught up (demo)
+    throttle: ThrottleSettings = ThrottleSettings()  # the backfill's brakes (realtime is never throttled)
+    on_cycle: Callable[[CycleResult], None] | None = None  # called after every realtime cycle (metrics)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import threading
 import time
 
 from narrow2wide.backfill.progress import LedgerProgress
-from narrow2wide.backfill.runner import BackfillOptions, BackfillResult, drain_ledger, prepare_backfill
+from narrow2wide.backfill.runner import BackfillOptions, BackfillResult, RunGate, drain_ledger, prepare_backfill
 from narrow2wide.db.catalogue import resolve_ships
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.realtime.processor import CycleResult, RealtimeOptions, RealtimeResult, run_realtime
@@ -26,6 +26,7 @@ class RealtimeThread:
         self.cycles_ok = 0
         self.last: CycleResult | None = None
         self._changed = threading.Condition()
+        self._observer = opts.on_cycle
         options = RealtimeOptions(interval_minutes=opts.interval_minutes, cursor=opts.cursor,
                                   settle_seconds=opts.settle_seconds)
         self._thread = threading.Thread(target=self._run, args=(rt, tuple(ships), options), name="realtime",
@@ -42,6 +43,8 @@ class RealtimeThread:
                 self._changed.notify_all()
 
     def _on_cycle(self, cycle: CycleResult) -> None:
+        if self._observer is not None:
+            self._observer(cycle)
         with self._changed:
             self.last = cycle
             self.cycles_ok += 1 if cycle.ok else 0
@@ -80,7 +83,7 @@ class ConcurrentStrategy(Strategy):
         ships = resolve_ships(rt, ship_ids)
         timer = deadline_timer(stop, opts.run_for)
         cutoffs = prepare_backfill(rt, ships, BackfillOptions(cutoff_time=opts.cutoff_time, force=opts.force,
-                                                              chunk_hours=opts.chunk_hours))
+                                                              chunk_hours=opts.chunk_hours, throttle=opts.throttle))
         realtime = RealtimeThread(rt, ships, opts, stop).start()
         try:
             backfill = self.backfill(rt, ships, cutoffs, opts, stop)
@@ -112,4 +115,5 @@ class ConcurrentStrategy(Strategy):
                  stop: threading.Event) -> BackfillResult:
         """The chunked backfill of every ship (until drained or ``stop``)."""
         return drain_ledger(rt, ships, cutoffs, opts.workers, opts.max_attempts, opts.backoff_seconds,
-                            stop=stop, reporter=LedgerProgress(rt, ships) if opts.progress else None)
+                            stop=stop, reporter=LedgerProgress(rt, ships) if opts.progress else None,
+                            run_gate=RunGate(opts.throttle))

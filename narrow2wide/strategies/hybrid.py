@@ -17,7 +17,7 @@ from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError
 
-from narrow2wide.backfill.runner import BackfillResult, drain_ledger
+from narrow2wide.backfill.runner import BackfillResult, RunGate, drain_ledger
 from narrow2wide.common.durable import write_durably
 from narrow2wide.db.catalogue import database_now, load_ship_layout, newest_wide_time
 from narrow2wide.db.runtime import Runtime
@@ -151,4 +151,4 @@ class HybridStrategy(ConcurrentStrategy):
         """Run the workers; split chunks that failed and run the halves, down to one hour."""
         return drain_ledger(rt, ships, cutoffs, opts.workers, opts.max_attempts, opts.backoff_seconds,
                             stop=stop, reporter=FleetProgress(rt, ships) if opts.progress else None,
-                            split_failing=True)
+                            split_failing=True, run_gate=RunGate(opts.throttle))
