@@ -21,10 +21,11 @@ from sqlalchemy import make_url, text
 from config import Settings
 from cutoff_store import CutoffStore
 from narrow2wide.backfill.runner import BackfillOptions, run_backfill
+from narrow2wide.common.errors import ConfigError
 from narrow2wide.db.database import Databases, make_engine, qi, qualified
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.demo.demo_data import DemoSpec, demo_channels, insert_rows
-from narrow2wide.ops.throttle import ThrottleSettings
+from narrow2wide.ops.throttle import RateCap, ThrottleSettings
 from narrow2wide.schema.analyzer import analyze_source
 from narrow2wide.schema.tables import create_tables
 from narrow2wide.store.chunk_ledger import ChunkLedger
@@ -73,6 +74,19 @@ def ledger_done(runtime: Runtime) -> tuple[int, int]:
         n, rows = conn.execute(text(f"SELECT count(*), coalesce(sum(rows_read), 0) FROM {ledger.table} "
                                     "WHERE status = 'done'")).one()
     return int(n), int(rows)
+
+
+def assert_ledger_tiles(runtime: Runtime, start: datetime, end: datetime, ships=SHIPS) -> None:
+    """Every ship's chunks are done and tile ``[start, end)``: no gap, no overlap (held chunks were split)."""
+    ledger = ChunkLedger(runtime.settings.target_schema)
+    with runtime.dbs.target.connect() as conn:
+        rows = conn.execute(text(f"SELECT ship_id, window_start, window_end, status FROM {ledger.table} "
+                                 "ORDER BY ship_id, window_start")).all()
+    for ship in ships:
+        windows = [(a, b) for s, a, b, _ in rows if s == ship]
+        assert windows[0][0] == start and windows[-1][1] == end, (ship, windows)
+        assert all(windows[i][1] == windows[i + 1][0] for i in range(len(windows) - 1)), (ship, windows)
+    assert {status for *_, status in rows} == {"done"}
 
 
 def tables_of(engine, schema: str) -> set[str]:
@@ -207,6 +221,35 @@ def test_rate_cap_holds_over_a_run_with_two_workers(runtime, settings, engine):
     assert result.rows_per_second <= 1.2 * cap
     assert result.held_seconds.get("rate_capped", 0) > 0
     assert_exact(engine, settings)
+
+
+def test_rate_cap_reservations_share_one_schedule():
+    cap = RateCap(1000.0)  # one worker's schedule (a multiprocessing.Value when shared by processes)
+    assert cap.reserve(500, began=10.0) == 10.5  # 500 rows at 1,000/s: its turn ends half a second on
+    assert cap.reserve(500, began=10.1) == 11.0  # the next reservation queues behind it
+    assert cap.reserve(1000, began=20.0) == 21.0  # work that began after the schedule ran dry starts afresh
+    with pytest.raises(ConfigError):
+        RateCap(0)
+
+
+def test_a_long_rate_cap_turn_ends_the_chunk_at_a_block_and_waits_outside(runtime, settings, engine):
+    seed_fleet(runtime, hours=1, channels=4)
+    ledger = ChunkLedger(settings.target_schema)
+    # two 30-minute blocks of 480 rows; at 400 rows/s the first block's turn ends 1.2 s on: more than the
+    # second a worker may wait inside a chunk's transaction, so the chunk ends after its first block
+    opts = BackfillOptions(cutoff_time=str(CUTOFF), chunk_hours=1, progress=False,
+                           throttle=ThrottleSettings(max_rows_per_second=400))
+    result = run_backfill(runtime, (SHIPS[0],), opts)
+    assert result.rows_read == 960 and result.held_seconds["rate_capped"] > 1.0
+    with engine.connect() as conn:
+        chunks = conn.execute(text(f"SELECT id, window_start, window_end, status FROM {ledger.table} "
+                                   "ORDER BY window_start")).all()
+    half = CUTOFF - timedelta(minutes=30)
+    assert [(c.window_start, c.window_end, c.status) for c in chunks] == [
+        (CUTOFF - timedelta(hours=1), half, "done"), (half, CUTOFF, "done")]
+    assert chunks[1].id < chunks[0].id  # the rest kept the planned chunk's id (so --retry-failed still runs it)
+    diff = compare(engine, settings, SHIPS[0])
+    assert diff.exact and diff.expected == 960, diff
 
 
 def _brake(engine, settings: Settings, on: bool) -> str:
@@ -348,7 +391,9 @@ def test_pause_holds_a_running_two_worker_backfill_and_resume_finishes_it(runtim
     assert report["holding_now"]["paused"]["workers"] == 2
     page = http_get(f"http://127.0.0.1:{port}/metrics")[1]
     assert metric(page, "narrow2wide_backfill_paused") == 1.0
-    assert metric(page, 'narrow2wide_rows_read_total{phase="backfill"}') >= scraped
+    # held for 8 s, the 2-second polls have caught up: the counter is what the ledger says was read
+    assert metric(page, 'narrow2wide_rows_read_total{phase="backfill"}') == held_at[1]
+    assert metric(page, 'narrow2wide_backfill_held_seconds_total{reason="paused"}') > 0
 
     resumed = invoke_cli(cli_env, "--mode", "resume")
     assert resumed.exit_code == 0 and "Resumed every ship" in resumed.stdout, resumed.output
@@ -356,6 +401,7 @@ def test_pause_holds_a_running_two_worker_backfill_and_resume_finishes_it(runtim
     assert code == 0, out + err
     assert "held: paused" in out and "rate capped" in out, out
     assert ledger_done(runtime)[1] == rows
+    assert_ledger_tiles(runtime, CUTOFF - timedelta(hours=10), CUTOFF)
     again = invoke_cli(cli_env, "--mode", "resume")
     assert again.exit_code == 0 and "Nothing was paused." in again.stdout, again.output
     assert_exact(engine, settings)

@@ -25,7 +25,7 @@ from narrow2wide.engine.pivot import pivot, read_window
 from narrow2wide.engine.window_migrator import ShipPlanCache
 from narrow2wide.ops.throttle import check_throttle
 from narrow2wide.store.chunk_ledger import DONE, FAILED, PENDING, RUNNING, ChunkLedger, new_windows
-from narrow2wide.store.cutoff_store import CutoffStore
+from narrow2wide.store.cutoff_store import CutoffStore, cutoff_conflicts
 
 log = logging.getLogger("dry_run")
 
@@ -73,7 +73,7 @@ def _cutoff(store: dict, ship: str, given: datetime | None, now: datetime,
     stored = store[ship].cutoff if ship in store else None
     if given is None:
         return (stored, "stored", None) if stored is not None else (now, "database now", None)
-    if stored is not None and stored != given and not force:
+    if cutoff_conflicts(stored, given, force):
         return stored, "stored", f"--cutoff-time {given} differs from the stored {stored}: the run stops (--force)"
     return given, "given", None
 
@@ -152,7 +152,10 @@ def plan_backfill(rt: Runtime, ship_ids: tuple[str, ...] = (), opts: BackfillOpt
             spent += seconds
     rate = rows / spent if spent > 0 else 0.0
     total = sum(p.estimated_rows for p in plans)
-    eta = total / (rate * opts.workers) if rate > 0 else (0.0 if total == 0 else None)
+    speed = rate * opts.workers
+    if opts.throttle.max_rows_per_second:
+        speed = min(speed, opts.throttle.max_rows_per_second)
+    eta = total / speed if speed > 0 else (0.0 if total == 0 else None)
     log.info("dry run: %d ship(s), about %s rows to move, sample %s rows/s", len(plans), f"{total:,}", f"{rate:,.0f}")
     return BackfillPlan(mode, now, hours, opts.workers, tuple(plans), total, round(rate, 1),
                         round(eta, 1) if eta is not None else None, mode != "migration-only")

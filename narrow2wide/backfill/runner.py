@@ -35,6 +35,7 @@ from narrow2wide.ops.throttle import BackfillGate, ThrottleSettings, check_throt
 from narrow2wide.store.chunk_ledger import DONE, FAILED, PENDING, RUNNING, Chunk, ChunkLedger
 from narrow2wide.store.cutoff_store import CutoffStore
 from narrow2wide.store.hold_log import HoldLog
+from narrow2wide.store.pause_flags import PauseFlags
 
 log = logging.getLogger("data_migrator")  # the name the log file has always shown
 READER_PROCESSES = 2  # source blocks read at once by a backfill worker, each by a helper process
@@ -229,9 +230,7 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
             reader.start()
         while not (stop and stop.is_set()):
             try:
-                left = ledger.unfinished_ships(conn, ships, only_ids)
-                active = gate.hold(list(left)) if left else []  # waits while paused or throttled
-                chunk = ledger.claim(conn, active, only_ids) if active else None
+                chunk, waiting = _next_chunk(ledger, gate, conn, ships, only_ids)
             except DATABASE_ERRORS as exc:
                 if not is_transient(exc):  # the ledger is gone or wrong: retrying cannot help
                     raise
@@ -239,7 +238,7 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
                 conn = _fresh_connection(rt, conn, stop)
                 continue
             if chunk is None:
-                if not active or _wait_for_held(sum(left[s] for s in active), waited, stop):
+                if not waiting or _wait_for_held(waiting, waited, stop):
                     break
                 waited += min(0.2 + waited / 10, 2.0)
                 continue
@@ -263,6 +262,18 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
         gate.close()
     stats.held_seconds = dict(gate.seconds)
     return stats
+
+
+def _next_chunk(ledger: ChunkLedger, gate: BackfillGate, conn: Connection, ships: list[str],
+                only_ids: list[int] | None) -> tuple[Chunk | None, int]:
+    """The next chunk to work on, after the gate lets the worker go; else (None, chunks held by others).
+
+    (None, 0): nothing is left, or ``stop`` was set while held.
+    """
+    left = ledger.unfinished_ships(conn, ships, only_ids)
+    active = gate.hold(list(left)) if left else []  # waits while every ship left is paused, or throttled
+    chunk = ledger.claim(conn, active, only_ids) if active else None
+    return chunk, 0 if chunk is not None else sum(left[s] for s in active)
 
 
 def _wait_for_held(held: int, waited: float, stop: threading.Event | None) -> bool:
@@ -482,8 +493,9 @@ def drain_ledger(rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], wo
     """
     ledger = ChunkLedger(rt.settings.target_schema)
     run_gate = run_gate or RunGate()
-    with rt.dbs.target.begin() as conn:
+    with rt.dbs.target.begin() as conn:  # the workers' bookkeeping tables, made once before they start
         HoldLog(rt.settings.target_schema).ensure(conn)
+        PauseFlags(rt.settings.target_schema).ensure(conn)
         run_started = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
     started = time.monotonic()
     if reporter:

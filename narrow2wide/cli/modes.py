@@ -92,7 +92,8 @@ def migration_only(settings: Settings, opts: dict) -> tuple[object, int]:
             return plan_backfill(rt, settings.ship_ids, options, "migration-only"), 0
         with observed_run(rt, metrics_port(settings, opts), settings.metrics_host, settings.ship_ids):
             result = run_backfill(rt, settings.ship_ids, options)
-    return result, 1 if result.failed_chunks else 0
+    # chunks left pending after the workers ended (a worker process died): not a finished run
+    return result, 1 if result.failed_chunks or any(s.pending for s in result.ships) else 0
 
 
 def status(settings: Settings, opts: dict) -> tuple[object, int]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from narrow2wide.store.pause_flags import EVERY_SHIP
+
 
 def _seed(result) -> str:
     return (
@@ -61,8 +63,12 @@ def _backfill(r) -> str:
         lines.append(f"  FAILED {ship} {start} .. {end}: {err}")
     if any(r.held_seconds.values()):
         lines.append("  held: " + _held(r.held_seconds))
+    pending = sum(s.pending for s in r.ships)
     if r.retry_command:
         lines.append(f"Retry the failed chunks with: {r.retry_command}")
+    elif pending:
+        lines.append(f"{pending} chunk(s) are not done (a worker ended early, see the log): run the same "
+                     "command again")
     else:
         lines.append("Next: python main.py --mode status, then python main.py --mode validate")
     return "\n".join(lines)
@@ -77,7 +83,7 @@ def _held(seconds: dict[str, float]) -> str:
 
 
 def _scope(scope: str) -> str:
-    return "every ship" if scope == "*" else scope
+    return "every ship" if scope == EVERY_SHIP else scope
 
 
 def _duration(seconds) -> str:

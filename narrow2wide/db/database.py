@@ -69,7 +69,10 @@ def start_embedded(pgdata: Path) -> str:
     return uri.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
-def make_engine(url: str, application_name: str = "narrow-to-wide") -> Engine:
+APP_NAME = "narrow-to-wide"  # every session of the tool has an application_name that starts with this
+
+
+def make_engine(url: str, application_name: str = APP_NAME) -> Engine:
     """An engine for ``url`` with sane defaults for long COPY-heavy work."""
     return create_engine(
         url,
@@ -94,7 +97,7 @@ def check_connection(engine: Engine) -> None:
         ) from exc
 
 
-def open_databases(settings: Settings, application_name: str = "narrow-to-wide") -> Databases:
+def open_databases(settings: Settings, application_name: str = APP_NAME) -> Databases:
     """Create the engines for ``settings``, starting the embedded server when none is configured."""
     embedded = settings.uses_embedded
     source_url = start_embedded(settings.embedded_pgdata) if embedded else settings.database_url

@@ -20,7 +20,7 @@ from narrow2wide.db.runtime import Runtime
 from narrow2wide.ops.metrics import Health, RunMetrics
 from narrow2wide.store.chunk_ledger import DONE, FAILED, PENDING, RUNNING, ChunkLedger
 from narrow2wide.store.hold_log import THROTTLED, HoldLog
-from narrow2wide.store.pause_flags import PauseFlags, paused_since
+from narrow2wide.store.pause_flags import EVERY_SHIP, PauseFlags, paused_since
 
 log = logging.getLogger("metrics")
 
@@ -84,19 +84,21 @@ class BackfillWatch:
         totals.update({f"held:{reason}": seconds for reason, seconds in held.items()})
         for state in (PENDING, RUNNING, DONE, FAILED):
             self.metrics.chunks.labels(state).set(sum(c.get(state, 0) for c in counts.values()))
-        if self._seen is not None:  # the first poll is the baseline
-            for key, value in totals.items():
-                grown = value - self._seen.get(key, 0.0)
-                if grown > 0:
-                    self._counter(key).inc(grown)
-        self._seen = totals
+        if self._seen is None:  # the first poll is the baseline
+            self._seen = totals
+        for key, value in totals.items():
+            grown = value - self._seen.get(key, 0.0)
+            if grown > 0:  # a sum that went down (a ledger row removed) never takes a counter down
+                self._counter(key).inc(grown)
+                self._seen[key] = value
         for chunk_id, seconds in durations.items():
             if chunk_id not in self._timed:
                 self.metrics.chunk_seconds.observe(seconds)
         self._timed = set(durations)
         self.metrics.throttled.set(holding.get(THROTTLED, (0, None))[0])
         ships = self.ships or list(counts)
-        self.metrics.paused.set(1 if any(paused_since(flags, s) is not None for s in ships) or "*" in flags else 0)
+        self.metrics.paused.set(1 if EVERY_SHIP in flags or any(paused_since(flags, s) is not None for s in ships)
+                                else 0)
 
     def _counter(self, key: str):
         if key.startswith("held:"):

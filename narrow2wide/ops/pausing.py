@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from narrow2wide.db.catalogue import resolve_ships
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.store.chunk_ledger import worker_name
 from narrow2wide.store.pause_flags import EVERY_SHIP, PauseFlags
@@ -33,7 +34,12 @@ class ResumeResult:
 
 
 def pause_backfill(rt: Runtime, ship_ids: tuple[str, ...] = ()) -> PauseResult:
-    """Pause the backfill of ``ship_ids`` (every ship when empty); running workers hold within seconds."""
+    """Pause the backfill of ``ship_ids`` (every ship when empty); running workers hold within seconds.
+
+    A ship id without wide tables is refused (:class:`SchemaError`): a typo must not pause nothing.
+    """
+    if ship_ids:
+        resolve_ships(rt, ship_ids)
     with rt.dbs.target.begin() as conn:
         paused = PauseFlags(rt.settings.target_schema).pause(conn, ship_ids, worker_name())
     log.info("paused: %s", ", ".join("every ship" if s == EVERY_SHIP else s for s in paused))

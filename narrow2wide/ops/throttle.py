@@ -3,9 +3,10 @@
 Three brakes, one gate: a cap on narrow rows per second over all workers of a run (the workers'
 reservations share one schedule), a throttle query run on the source in a read-only transaction
 (``--throttle-query``, or the built-in ``--max-source-active``), and the pause flags of the target
-(``--mode pause``). A rate cap waits in place, between blocks; a throttle or a pause ends the chunk
-at the next block boundary (what was written commits with its ledger row) and the worker holds
-outside any transaction, so that a held backfill keeps no snapshot open on the live source.
+(``--mode pause``). A rate cap waits in place, between blocks, when its turn comes within a second; a longer
+wait, a throttle or a pause ends the chunk at the next block boundary (what was written commits
+with its ledger row) and the worker holds outside any transaction, so that a held backfill keeps
+no snapshot open on the live source.
 Realtime is never throttled: freshness comes first.
 """
 
@@ -23,6 +24,7 @@ from sqlalchemy.engine import Connection
 
 from narrow2wide.common.errors import ConfigError, error_line, one_line
 from narrow2wide.common.retry import DATABASE_ERRORS
+from narrow2wide.db.database import APP_NAME
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.store.chunk_ledger import worker_name
 from narrow2wide.store.hold_log import PAUSED, RATE_CAPPED, REASONS, THROTTLED, HoldLog
@@ -32,11 +34,13 @@ log = logging.getLogger("throttle")
 
 QUERY_TIMEOUT_MS = 5000  # a throttle query slower than this fails (and holds the backfill)
 RECORD_EVERY = 5.0  # seconds between writes of a lasting hold to the hold log
-OWN_SESSIONS = "narrow-to-wide%"  # application_name of every session this tool opens
+WAIT_IN_TRANSACTION = 1.0  # a rate-cap turn further off than this ends the chunk and waits outside it
 
 ACTIVE_SESSIONS_SQL = f"""SELECT count(*) > CAST(:n AS integer) FROM pg_stat_activity
     WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-    AND coalesce(application_name, '') NOT LIKE '{OWN_SESSIONS}'"""
+    AND coalesce(application_name, '') NOT LIKE '{APP_NAME}%'"""
+CAN_SEE_SESSIONS_SQL = """SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
+    FROM pg_roles WHERE rolname = current_user"""
 
 
 @dataclass(frozen=True)
@@ -61,16 +65,29 @@ def _wrapped(query: str) -> str:
         raise ConfigError("--throttle-query is empty; give a SELECT that returns true while the backfill should hold")
     if ";" in body:
         raise ConfigError("--throttle-query must be one statement (no ';' inside it)")
-    return f"SELECT coalesce(bool_or(q.hold), false) FROM ({body}) AS q(hold)"
+    # the newline ends a trailing -- comment of the operator's query before the wrapper's parenthesis
+    return f"SELECT coalesce(bool_or(q.hold), false) FROM ({body}\n) AS q(hold)"
 
 
 def run_throttle_query(conn: Connection, query: str, params: dict | None = None) -> bool:
-    """Run ``query`` (already wrapped) in a read-only transaction of its own; True while it says hold."""
-    with conn.begin() as tx:
-        conn.execute(text("SET TRANSACTION READ ONLY"))
-        conn.execute(text(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}"))
-        held = bool(conn.execute(text(query), params or {}).scalar())
-        tx.rollback()
+    """Run ``query`` (already wrapped) in a read-only transaction of its own; True while it says hold.
+
+    Without ``params`` the query goes to the driver as it is (no bind-parameter parsing of the
+    operator's text); the connection is dropped afterwards, so that nothing the query left in its
+    session (an advisory lock, a setting) reaches the pooled connections the backfill reads on.
+    """
+    try:
+        with conn.begin() as tx:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}")
+            if params is None:
+                held = bool(conn.exec_driver_sql(query).scalar())
+            else:
+                held = bool(conn.execute(text(query), params).scalar())
+            tx.rollback()
+    finally:
+        if params is None:
+            conn.invalidate()
     return held
 
 
@@ -79,6 +96,11 @@ def check_throttle(rt: Runtime, settings: ThrottleSettings) -> None:
 
     Run once before anything starts, on the source, in a read-only transaction that rolls back.
     """
+    if settings.max_source_active is not None:
+        with rt.dbs.source.connect() as conn:
+            if not conn.execute(text(CAN_SEE_SESSIONS_SQL)).scalar():
+                raise ConfigError("--max-source-active needs a role that sees every session's state: "
+                                  "GRANT pg_read_all_stats TO the tool's role on the source (or use --throttle-query)")
     if settings.throttle_query is None:
         return
     query = _wrapped(settings.throttle_query)
@@ -88,7 +110,7 @@ def check_throttle(rt: Runtime, settings: ThrottleSettings) -> None:
     except DATABASE_ERRORS as exc:
         code = getattr(getattr(exc, "orig", None), "pgcode", None)
         why = ("it is not read-only" if code == "25006"
-               else "its first column must be a boolean" if code == "42883"
+               else "its first column must be a boolean" if code == "42883" and "bool_or" in str(exc)
                else "it failed")
         raise ConfigError(f"--throttle-query refused: {why} ({one_line(exc)}); give one read-only SELECT whose "
                           "first column is true while the backfill should hold") from exc
@@ -165,8 +187,11 @@ class BackfillGate:
         """The pause flags (read at most every ``pause_check_seconds``)."""
         at, flags = self._flags
         if time.monotonic() - at >= self.settings.pause_check_seconds:
-            with self.rt.dbs.target.connect() as conn:
-                flags = PauseFlags(self.rt.settings.target_schema).active(conn)
+            try:
+                with self.rt.dbs.target.connect() as conn:
+                    flags = PauseFlags(self.rt.settings.target_schema).active(conn)
+            except DATABASE_ERRORS as exc:  # the flags as last read; the chunk's own work will meet the outage
+                log.warning("could not read the pause flags (%s); going by the last ones read", error_line(exc))
             self._flags = (time.monotonic(), flags)
         return flags
 
@@ -181,10 +206,13 @@ class BackfillGate:
         if time.monotonic() - at < self.settings.check_seconds:
             return held
         try:
-            with self.rt.dbs.source.connect() as conn:
-                held = self._query is not None and run_throttle_query(conn, self._query)
-                if not held and self.settings.max_source_active is not None:
+            held = False
+            if self.settings.max_source_active is not None:
+                with self.rt.dbs.source.connect() as conn:
                     held = run_throttle_query(conn, ACTIVE_SESSIONS_SQL, {"n": self.settings.max_source_active})
+            if not held and self._query is not None:
+                with self.rt.dbs.source.connect() as conn:  # dropped after the query (see run_throttle_query)
+                    held = run_throttle_query(conn, self._query)
         except DATABASE_ERRORS as exc:
             log.warning("the throttle check failed (%s); holding the backfill until it answers", error_line(exc))
             held = True
@@ -204,9 +232,12 @@ class BackfillGate:
     def for_ship(self, ship_id: str) -> Callable[[int, bool], bool]:
         """The callback a window's block loop calls after each block: ``(rows, last) -> end the window here``."""
         def after_block(rows: int, last: bool) -> bool:
-            self.take_turn(rows, wait=not last)
+            self.take_turn(rows, wait=False)
             if last:
                 return False
+            if self._turn - time.monotonic() > WAIT_IN_TRANSACTION:
+                return True  # a long turn: end the chunk here, wait outside its transaction
+            self._wait_turn()
             return self.reason([ship_id])[0] is not None
         return after_block
 
@@ -220,11 +251,10 @@ class BackfillGate:
         self._maybe_record()
 
     def _wait_turn(self) -> None:
-        delay = self._turn - time.monotonic()
-        if delay > 0:
-            self.stop.wait(delay)
-            self.seconds[RATE_CAPPED] += delay
-            self._unrecorded[RATE_CAPPED] += delay
+        began = time.monotonic()
+        if self._turn > began:
+            self.stop.wait(self._turn - began)
+            self._add(RATE_CAPPED, time.monotonic() - began)
         self._began = time.monotonic()
 
     # -- between chunks --------------------------------------------------------------------------

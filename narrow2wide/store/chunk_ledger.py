@@ -136,15 +136,6 @@ class ChunkLedger:
                     {"s": ship, "a": a, "b": b}).scalars())
         return ids
 
-    def unfinished(self, conn: Connection, ship_ids: list[str], only_ids: list[int] | None = None) -> int:
-        """How many chunks of ``ship_ids`` (or only of ``only_ids``) are still pending or running."""
-        with conn.begin():
-            return int(conn.execute(text(
-                f"""SELECT count(*) FROM {self.table} WHERE status IN ('pending', 'running')
-                    AND ship_id = ANY(CAST(:s AS text[]))
-                    AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))"""),
-                {"s": ship_ids, "ids": only_ids}).scalar_one())
-
     def unfinished_ships(self, conn: Connection, ship_ids: list[str],
                          only_ids: list[int] | None = None) -> dict[str, int]:
         """Ship -> how many of its chunks (or of ``only_ids``) are pending or running; ships with none are left out."""
@@ -212,18 +203,24 @@ class ChunkLedger:
 
     def mark_part_done(self, conn: Connection, chunk: Chunk, end: datetime, rows_read: int, cells: int,
                        wide_rows: int, rejected: int, tables: tuple[str, ...]) -> int:
-        """Mark ``[chunk.start, end)`` done and plan ``[end, chunk.end)`` as a new pending chunk.
+        """Record ``[chunk.start, end)`` as a new done chunk; the chunk itself becomes ``[end, chunk.end)``, pending.
 
         For a backfill that holds (a pause, a throttle) at a block boundary: the blocks written so
         far commit with their ledger row, in the transaction that wrote them, and the rest of the
-        window stays planned exactly once. Returns the id of the new chunk.
+        window stays planned exactly once, under the chunk's own id (so that a run limited to some
+        ids, ``--retry-failed`` or hybrid's split halves, still runs it). Returns the done part's id.
         """
-        conn.execute(text(f"UPDATE {self.table} SET window_end = :e WHERE id = :id"), {"id": chunk.id, "e": end})
-        self.mark_done(conn, chunk, rows_read, cells, wide_rows, rejected, tables)
-        return int(conn.execute(text(
-            f"""INSERT INTO {self.table} (ship_id, window_start, window_end, attempts)
-                VALUES (:s, :a, :b, :n) RETURNING id"""),
-            {"s": chunk.ship_id, "a": end, "b": chunk.end, "n": chunk.attempts}).scalar_one())
+        done_id = int(conn.execute(text(
+            f"""INSERT INTO {self.table} (ship_id, window_start, window_end, status, rows_read, cells_written,
+                    wide_rows, rejected, tables, attempts, worker, started_at, finished_at, seconds)
+                SELECT ship_id, window_start, :e, 'done', :r, :c, :w, :rej, CAST(:t AS text[]), attempts, worker,
+                       started_at, clock_timestamp(), extract(epoch FROM clock_timestamp() - started_at)
+                FROM {self.table} WHERE id = :id RETURNING id"""),
+            {"id": chunk.id, "e": end, "r": rows_read, "c": cells, "w": wide_rows, "rej": rejected,
+             "t": list(tables)}).scalar_one())
+        conn.execute(text(f"UPDATE {self.table} SET window_start = :e, status = 'pending', started_at = NULL "
+                          "WHERE id = :id"), {"id": chunk.id, "e": end})
+        return done_id
 
     def mark_error(self, conn: Connection, chunk: Chunk, error: str, failed: bool) -> None:
         """Record a failed attempt; ``failed`` gives up on the chunk (status failed), else it stays pending."""

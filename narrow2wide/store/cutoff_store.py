@@ -96,7 +96,7 @@ class CutoffStore:
             current = ships.get(ship_id, ShipState())
             if current.cutoff is not None and current.cutoff == cutoff:
                 return current
-            if current.cutoff is not None and not force:
+            if cutoff_conflicts(current.cutoff, cutoff, force):
                 raise CutoffConflict(
                     f"ship {ship_id}: the stored cutoff is {current.cutoff.isoformat()} but "
                     f"{cutoff.isoformat()} was given; re-run with --force to move it "
@@ -350,6 +350,11 @@ class CutoffStore:
             write_durably(self._path, self._encode(ships), replace=replace)
         except OSError as exc:
             raise _write_error(exc, self._path, self._path) from exc
+
+
+def cutoff_conflicts(stored: datetime | None, given: datetime, force: bool) -> bool:
+    """True when ``given`` may not replace the ``stored`` cutoff: it differs and ``force`` was not given."""
+    return stored is not None and stored != given and not force
 
 
 def _iso(value: datetime | None) -> str | None:
