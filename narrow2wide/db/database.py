@@ -78,7 +78,7 @@ def make_engine(url: str, application_name: str = APP_NAME) -> Engine:
         url,
         pool_pre_ping=True,
         pool_use_lifo=True,  # the same few sessions serve every cycle: their merge stages and plans stay warm
-        pool_size=2,
+        pool_size=3,  # realtime's working set: the lock session, a source read and a target write
         max_overflow=8,  # strategies run realtime, a backfill worker and progress in one process
         connect_args={"application_name": application_name, "connect_timeout": 10},
     )

@@ -197,20 +197,24 @@ class NarrowBatch:
         return int(self.ts.size + self.text_ts.size)
 
 
+def binary_copy_rows(data: memoryview, row_dtype: np.dtype) -> np.ndarray:
+    """The rows of a binary COPY stream of fixed-width rows, as a structured array over ``data`` (no copy)."""
+    size = len(data)
+    if size == 0:
+        return np.empty(0, dtype=row_dtype)
+    start = _stream_start(data)
+    n, rest = divmod(size - start - len(_TRAILER), row_dtype.itemsize)
+    if rest or bytes(data[size - len(_TRAILER):]) != _TRAILER:
+        raise ValueError(f"binary COPY stream of {size} bytes is not whole rows of {row_dtype.itemsize} bytes")
+    return np.frombuffer(data, dtype=row_dtype, count=n, offset=start)
+
+
 def _decode_rows(data: memoryview, row_dtype: np.dtype, *keys: str) -> tuple[dict[str, np.ndarray], int]:
     """Decode a binary COPY of fixed-width numeric rows (``keys``: channel, ship fields); returns (fields, bytes)."""
     size = len(data)
     if size == 0:
         return _empty_fields(*keys), 0
-    head = bytes(data[:19])
-    if len(head) < 19 or head[:11] != _SIGNATURE:
-        raise ValueError("not a PostgreSQL binary COPY stream")
-    ext = struct.unpack(">i", head[15:19])[0]
-    start = 19 + ext
-    n, rest = divmod(size - start - len(_TRAILER), row_dtype.itemsize)
-    if rest or bytes(data[size - len(_TRAILER):]) != _TRAILER:
-        raise ValueError(f"binary COPY stream of {size} bytes is not whole rows of {row_dtype.itemsize} bytes")
-    rows = np.frombuffer(data, dtype=row_dtype, count=n, offset=start)
+    rows = binary_copy_rows(data, row_dtype)
     code = rows["code"]
     out = {
         "ts": rows["ts"].astype(np.int64),
@@ -233,6 +237,19 @@ def ts_to_datetime(us: int, aware: bool) -> datetime:
     """A binary COPY timestamp (microseconds since 2000-01-01) as a datetime (UTC when ``aware``)."""
     value = _PG_EPOCH + timedelta(microseconds=int(us))
     return value.replace(tzinfo=timezone.utc) if aware else value
+
+
+def datetime_to_ts(value: datetime) -> int:
+    """``value`` as a binary COPY timestamp (microseconds since 2000-01-01; UTC for an aware one)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    delta = value - _PG_EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def copy_out_bytes(cursor, copy_sql: str) -> memoryview:
+    """Run ``copy_sql`` (a ``COPY ... TO STDOUT``) on ``cursor``, into memory."""
+    return _local_copy_out(cursor)(copy_sql)
 
 
 def _stream_start(data: memoryview) -> int:
@@ -453,6 +470,11 @@ def _local_copy_out(cursor) -> Callable[[str], memoryview]:
     return run
 
 
+def ship_hashes(cursor, ship_ids: list[str]) -> np.ndarray:
+    """The source server's ``hashtextextended`` of each ship id (how the fleet reads name a row's ship)."""
+    return _ship_hashes(cursor, ship_ids)
+
+
 def _ship_hashes(cursor, ship_ids: list[str]) -> np.ndarray:
     cursor.execute("SELECT hashtextextended(c, 0) FROM unnest(%s::text[]) WITH ORDINALITY AS u(c, n) ORDER BY n",
                    (ship_ids,))
@@ -460,7 +482,8 @@ def _ship_hashes(cursor, ship_ids: list[str]) -> np.ndarray:
 
 
 def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: datetime, end: datetime,
-                      order_by: str | None = None) -> dict[str, NarrowBatch] | None:
+                      order_by: str | None = None, fresh_from: datetime | None = None,
+                      again: set[tuple[int, int]] | None = None) -> dict[str, NarrowBatch] | None:
     """Every row of the ships of ``plans`` with ``start <= created_time < end``, in one COPY, split per ship.
 
     For realtime: a cycle's window is minutes long and covers every ship, so one read by the
@@ -469,18 +492,25 @@ def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: da
     server; when ``plans`` is a small part of the fleet, per-ship reads (:func:`read_window`) cost less.
     Rows of a channel a plan does not know keep index -1 (the caller adds columns and reads again).
     None when two ship ids, or two channels of one ship, share a hash (then read ship by ship).
+
+    ``fresh_from`` (realtime's lookback, :mod:`tick_signatures`): only the ticks from then on are
+    read, and of the earlier ones the (tick, ship hash) pairs in ``again``; not for a source without
+    a unique key.
     """
     ship_ids = [p.ship_id for p in plans]
     ship_hash = _ship_hashes(cursor, ship_ids)
     lookups = [hash_lookup(cursor, p) for p in plans]
     if np.unique(ship_hash).size != ship_hash.size or any(lk is None for lk in lookups):
         return None
-    params = {"ships": ship_ids, "start": start, "end": end}
+    params = {"ships": ship_ids, "start": fresh_from or start, "end": end}
     from_where = f"""FROM {source_sql} s
         WHERE s.created_time >= %(start)s AND s.created_time < %(end)s AND s.ship_id = ANY(%(ships)s::text[])"""
     if order_by is None:
         with ship_read_settings(cursor):  # a hash aggregate in work_mem, no parallel workers, no JIT
             fields, size = _read_fleet_ticks(cursor, from_where, params)
+            if again:
+                fields, size = _with_pairs(cursor, source_sql, fields, size, again, dict(zip(
+                    ship_hash.tolist(), ship_ids, strict=True)), start)
     else:  # a source without a unique key: the rows themselves, in the duplicate order
         fields, size = _copy_out(cursor, f"SELECT {_FLEET_ROW_SQL} {from_where} ORDER BY {order_by}", params,
                                  FLEET_ROW_DTYPE, ("ship", "hash"))
@@ -488,7 +518,11 @@ def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: da
     pos = ship_order[np.searchsorted(ship_hash[ship_order], fields.pop("ship"))]
     rows_of = np.argsort(pos, kind="stable")  # stable: a ship's rows keep the read order (duplicates)
     bounds = np.searchsorted(pos[rows_of], np.arange(len(plans) + 1))
-    text_rows = _read_text_rows(cursor, source_sql, plans, start, end, order_by)
+    # with a scope: the text rows from fresh_from on (and, when a pair is read again, the window's, filtered)
+    text_rows = _read_text_rows(cursor, source_sql, plans, start if fresh_from is None or again else fresh_from,
+                                end, order_by)
+    if fresh_from is not None and again:
+        text_rows = _text_rows_in(text_rows, datetime_to_ts(fresh_from), again, ship_hash)
     text_of = np.argsort(text_rows[1], kind="stable")
     text_bounds = np.searchsorted(text_rows[1][text_of], np.arange(len(plans) + 1))
     batches: dict[str, NarrowBatch] = {}
@@ -502,6 +536,31 @@ def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: da
         _attach_text(batch, text_rows, text_of[text_bounds[k]:text_bounds[k + 1]])
         batches[plan.ship_id] = batch
     return batches
+
+
+def _with_pairs(cursor, source_sql: str, fields: dict[str, np.ndarray], size: int, again: set[tuple[int, int]],
+                ship_of: dict[int, str], start: datetime) -> tuple[dict[str, np.ndarray], int]:
+    """``fields`` with the rows of the (tick, ship hash) pairs ``again`` added (read by their ticks, filtered)."""
+    aware = start.tzinfo is not None
+    params = {"start": start, "times": sorted({ts_to_datetime(t, aware) for t, _ in again}),
+              "aships": sorted({ship_of[h] for _, h in again})}
+    from_where = f"""FROM {source_sql} s
+        WHERE s.created_time = ANY(%(times)s) AND s.ship_id = ANY(%(aships)s::text[])"""
+    more, more_size = _read_fleet_ticks(cursor, from_where, params)
+    mine = np.fromiter(((t, sh) in again for t, sh in zip(more["ts"].tolist(), more["ship"].tolist(), strict=True)),
+                       dtype=bool, count=more["ts"].size)
+    return {key: np.concatenate([fields[key], more[key][mine]]) for key in fields}, size + more_size
+
+
+def _text_rows_in(text_rows: tuple, fresh_us: int, again: set[tuple[int, int]], ship_hash: np.ndarray) -> tuple:
+    """The text rows of ticks from ``fresh_us`` on, or of a (tick, ship hash) pair in ``again``."""
+    ts, plan_pos, idx, fmt, vals, size = text_rows
+    keep = ts >= fresh_us
+    if again:
+        hashes = ship_hash[plan_pos].tolist()
+        keep |= np.fromiter(((t, h) in again for t, h in zip(ts.tolist(), hashes, strict=True)), dtype=bool,
+                            count=ts.size)
+    return ts[keep], plan_pos[keep], idx[keep], fmt[keep], [vals[i] for i in np.flatnonzero(keep).tolist()], size
 
 
 def _read_fleet_ticks(cursor, from_where: str, params: dict) -> tuple[dict[str, np.ndarray], int]:

@@ -93,8 +93,13 @@ def merge_many(conn: Connection, schema: str, items: list[tuple[str, list[str], 
     stages = ["stage_" + short_hash(f"{schema}.{table}:" + "\x1f".join(columns), 16) for table, columns, _ in items]
     if len(set(stages)) != len(stages):
         raise ValueError("merge_many takes one payload per table")
-    cur.execute("; ".join(f"CREATE TEMP TABLE IF NOT EXISTS {q(st)} (LIKE {qualified_raw(schema, table)}) "
-                          "ON COMMIT DELETE ROWS" for st, (table, _, _) in zip(stages, items, strict=True)))
+    cur.execute("SELECT relname FROM pg_class WHERE relnamespace = pg_my_temp_schema() AND relname = ANY(%s)",
+                (stages,))
+    have = {r[0] for r in cur.fetchall()}  # a session's stages outlive its transactions: made once
+    missing = [(st, table) for st, (table, _, _) in zip(stages, items, strict=True) if st not in have]
+    if missing:
+        cur.execute("; ".join(f"CREATE TEMP TABLE IF NOT EXISTS {q(st)} (LIKE {qualified_raw(schema, table)}) "
+                              "ON COMMIT DELETE ROWS" for st, table in missing))
     for st, (_, columns, payload) in zip(stages, items, strict=True):
         cols = ", ".join(q(c) for c in columns)
         cur.copy_expert(f"COPY {q(st)} ({cols}) FROM STDIN (FORMAT binary)", io.BytesIO(payload))

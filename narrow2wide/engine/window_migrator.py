@@ -45,6 +45,7 @@ from narrow2wide.engine.pivot import (
     read_window,
     ts_to_datetime,
 )
+from narrow2wide.engine.tick_signatures import ShipTicks
 from narrow2wide.engine.wide_writer import delete_window, merge_copy, merge_many, write_copy
 from narrow2wide.schema.tables import add_channels
 
@@ -287,6 +288,8 @@ class WrittenRows:
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str], PartRows] = {}
         self._staged: dict[tuple[str, str], PartRows] = {}
+        self._ticks: dict[int, ShipTicks] = {}  # ship hash -> the tick signatures of its last window
+        self._staged_ticks: dict[int, ShipTicks] = {}
 
     def before(self, ship_id: str, table: str) -> PartRows | None:
         """The rows the last committed cycle wrote to ``table`` of ``ship_id``."""
@@ -296,14 +299,25 @@ class WrittenRows:
         """Remember ``part`` as this cycle's rows of its table (taking effect at :meth:`commit`)."""
         self._staged[(ship_id, part.table)] = part
 
+    def ticks(self) -> dict[int, ShipTicks]:
+        """Ship hash -> the tick signatures of the window the last committed cycle wrote of it."""
+        return self._ticks
+
+    def stage_ticks(self, ticks: dict[int, ShipTicks]) -> None:
+        """Remember the signatures of this cycle's windows (taking effect at :meth:`commit`)."""
+        self._staged_ticks.update(ticks)
+
     def commit(self) -> None:
         """The staged rows are in the wide tables now."""
         self._rows.update(self._staged)
         self._staged.clear()
+        self._ticks.update(self._staged_ticks)
+        self._staged_ticks.clear()
 
     def discard(self) -> None:
         """The staged rows did not commit."""
         self._staged.clear()
+        self._staged_ticks.clear()
 
 
 def merge_fleet(rt: Runtime, source_conn: Connection, target_conn: Connection,

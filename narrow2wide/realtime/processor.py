@@ -31,7 +31,8 @@ from narrow2wide.db.database import raw_cursor
 from narrow2wide.db.lock_keys import realtime_key, take_write_locks
 from narrow2wide.db.narrow_source import begin_snapshot_read
 from narrow2wide.db.runtime import Runtime
-from narrow2wide.engine.pivot import PivotPlan, read_fleet_window
+from narrow2wide.engine.pivot import PivotPlan, read_fleet_window, ship_hashes
+from narrow2wide.engine.tick_signatures import FleetScope, ShipTicks, fleet_scope, read_signatures
 from narrow2wide.engine.window_migrator import (
     ShipPlanCache,
     UnknownChannels,
@@ -177,13 +178,19 @@ class ShipLocks:
         self.acquire(wait=False)
 
     def release(self) -> None:
-        """Give the locks back: the connection is closed for real, not returned to the pool with them."""
+        """Give the locks back, then the connection to the pool (a warm session: its merge stages and
+        prepared merges serve the next cycle); one whose unlock fails is closed for real instead."""
         if self._conn is not None:
             try:
-                self._conn.invalidate()
+                self._conn.execute(text("SELECT pg_advisory_unlock_all()"))
                 self._conn.close()
             except DATABASE_ERRORS:
-                log.debug("closing the lock connection failed", exc_info=True)
+                log.debug("unlocking failed; closing the lock connection", exc_info=True)
+                try:
+                    self._conn.invalidate()
+                    self._conn.close()
+                except DATABASE_ERRORS:
+                    log.debug("closing the lock connection failed", exc_info=True)
             self._conn = None
 
     @staticmethod
@@ -298,7 +305,10 @@ def write_fleet_window(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork],
             with rt.dbs.target.begin() as tconn:
                 plans = cache.get_many(tconn, [w.ship_id for w in work])
                 order_by = rt.source.duplicate_order(sconn)
-                batches = read_fleet_window(raw_cursor(sconn), rt.source.sql, plans, start, end, order_by)
+                cursor = raw_cursor(sconn)
+                scope, ticks = lookback_scope(cursor, rt, [w.ship_id for w in work], start, end, order_by, written)
+                batches = read_fleet_window(cursor, rt.source.sql, plans, start, end, order_by,
+                                            scope.fresh_from if scope else None, scope.again if scope else None)
                 if batches is None:  # two ids share a hash: ship by ship
                     alone = list(work)
                 else:
@@ -312,6 +322,9 @@ def write_fleet_window(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork],
                     for (w, _), result in zip(ready, results, strict=True):
                         w.add(result)
                         w.done = True
+                    if written is not None:  # only the ships merged here: the others are written alone
+                        written.stage_ticks({h: t for ship, (h, t) in ticks.items() if ship in
+                                             {w.ship_id for w, _ in ready}})
         if written is not None:
             written.commit()
     except RETRYABLE as exc:
@@ -329,6 +342,24 @@ def write_fleet_window(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork],
             w.done = True
         except RETRYABLE as exc:
             _fail([w], exc)
+
+
+def lookback_scope(cursor, rt: Runtime, ship_ids: list[str], start: datetime, end: datetime, order_by: str | None,
+                   written: WrittenRows | None) -> tuple[FleetScope | None, dict[str, tuple[int, ShipTicks]]]:
+    """What a running processor's fleet read of ``[start, end)`` takes, and this window's tick signatures.
+
+    The previous cycle read the lookback already: only its ticks whose signature changed, and the
+    ticks after it, are read (:mod:`tick_signatures`). None (read it all) for a processor's first
+    cycle, a one-shot cycle (no ``written``) or a source without a unique key.
+    """
+    if written is None or order_by is not None:
+        return None, {}
+    hashes = ship_hashes(cursor, ship_ids).tolist()
+    now = read_signatures(cursor, rt.source.sql, ship_ids, hashes, start, end)
+    scope = fleet_scope(written.ticks(), now, hashes, start, end)
+    if scope is not None:
+        log.debug("fleet read from %s, %d earlier (tick, ship) pair(s) again", scope.fresh_from, len(scope.again))
+    return scope, {ship: (h, now[h]) for ship, h in zip(ship_ids, hashes, strict=True)}
 
 
 FLEET_READ_ROWS = 2_000_000  # narrow rows one fleet read holds at most (about 200 MB with its pivot)
