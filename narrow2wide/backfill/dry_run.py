@@ -97,10 +97,11 @@ def _sample(rt: Runtime, sconn: Connection, cache: ShipPlanCache, tconn: Connect
     plan = cache.get(tconn, ship)
     rows, span, spent = 0, 0.0, 0.0
     cursor = raw_cursor(sconn)
+    order_by = rt.source.duplicate_order(sconn)
     with ship_read_settings(cursor):
         for a, b in _samples(windows):
             t0 = time.monotonic()
-            batch = read_window(cursor, rt.source.sql, plan, a, b, rt.source.duplicate_order(sconn))
+            batch = read_window(cursor, rt.source.sql, plan, a, b, order_by)
             rows += pivot(plan, batch).rows_read
             spent += time.monotonic() - t0
             span += (b - a).total_seconds()

@@ -134,6 +134,7 @@ class PivotPlan:
     # the source server's channel hashes, sorted, with their channel indexes; None if two collide
     hash_lookup: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     hashes_known: bool = field(default=False, repr=False, compare=False)
+    ship_hash: int | None = field(default=None, repr=False, compare=False)  # the server's hash of ship_id
 
     @classmethod
     def from_layout(cls, layout: ShipSchema) -> PivotPlan:
@@ -247,9 +248,9 @@ def datetime_to_ts(value: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def copy_out_bytes(cursor, copy_sql: str) -> memoryview:
-    """Run ``copy_sql`` (a ``COPY ... TO STDOUT``) on ``cursor``, into memory."""
-    return _local_copy_out(cursor)(copy_sql)
+def copy_binary(cursor, query: str, params: dict) -> memoryview:
+    """The binary ``COPY (query) TO STDOUT`` of ``query`` with ``params``, run on ``cursor`` into memory."""
+    return _local_copy_out(cursor)(_copy_sql(cursor, query, params))
 
 
 def _stream_start(data: memoryview) -> int:
@@ -470,15 +471,16 @@ def _local_copy_out(cursor) -> Callable[[str], memoryview]:
     return run
 
 
-def ship_hashes(cursor, ship_ids: list[str]) -> np.ndarray:
-    """The source server's ``hashtextextended`` of each ship id (how the fleet reads name a row's ship)."""
-    return _ship_hashes(cursor, ship_ids)
-
-
-def _ship_hashes(cursor, ship_ids: list[str]) -> np.ndarray:
-    cursor.execute("SELECT hashtextextended(c, 0) FROM unnest(%s::text[]) WITH ORDINALITY AS u(c, n) ORDER BY n",
-                   (ship_ids,))
-    return np.array([r[0] for r in cursor.fetchall()], dtype=np.int64)
+def ship_hashes(cursor, plans: list[PivotPlan]) -> np.ndarray:
+    """The source server's ``hashtextextended`` of each plan's ship id (how the fleet reads name a row's
+    ship); asked once per plan, for the plans that do not know theirs yet, in one query."""
+    unknown = [p for p in plans if p.ship_hash is None]
+    if unknown:
+        cursor.execute("SELECT hashtextextended(c, 0) FROM unnest(%s::text[]) WITH ORDINALITY AS u(c, n) "
+                       "ORDER BY n", ([p.ship_id for p in unknown],))
+        for plan, (h,) in zip(unknown, cursor.fetchall(), strict=True):
+            plan.ship_hash = int(h)
+    return np.array([p.ship_hash for p in plans], dtype=np.int64)
 
 
 def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: datetime, end: datetime,
@@ -498,7 +500,7 @@ def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: da
     a unique key.
     """
     ship_ids = [p.ship_id for p in plans]
-    ship_hash = _ship_hashes(cursor, ship_ids)
+    ship_hash = ship_hashes(cursor, plans)
     lookups = [hash_lookup(cursor, p) for p in plans]
     if np.unique(ship_hash).size != ship_hash.size or any(lk is None for lk in lookups):
         return None
@@ -567,7 +569,7 @@ def _read_fleet_ticks(cursor, from_where: str, params: dict) -> tuple[dict[str, 
     """The rows of ``from_where`` packed by tick and ship; the (tick, ship) pairs with a row in no
     record (unknown format, NULL value: rejects, rare) are read again row by row."""
     query = f"SELECT {_tick_sql(True)} {from_where} GROUP BY s.created_time, s.ship_id"
-    fields, again, size = _decode_ticks(_local_copy_out(cursor)(_copy_sql(cursor, query, params)), with_ship=True)
+    fields, again, size = _decode_ticks(copy_binary(cursor, query, params), with_ship=True)
     if again:
         log.debug("%d (tick, ship) pair(s) with a row in no record (a reject): read again row by row", len(again))
         aware = params["start"].tzinfo is not None

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from narrow2wide.db.narrow_source import ship_read_settings
-from narrow2wide.engine.pivot import binary_copy_rows, copy_out_bytes, datetime_to_ts
+from narrow2wide.engine.pivot import binary_copy_rows, copy_binary, datetime_to_ts
 
 SIGNATURE_DTYPE = np.dtype([
     ("nf", ">i2"),
@@ -38,7 +38,7 @@ class ShipTicks:
     ticks: dict[int, tuple[int, int]]  # tick -> (rows, sum of xmin)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FleetScope:
     """What a fleet read takes of its window: every tick from ``fresh_from`` on, and the earlier
     (tick, ship hash) pairs in ``again`` (changed since the previous cycle, or never read)."""
@@ -51,17 +51,17 @@ def read_signatures(cursor, source_sql: str, ship_ids: list[str], hashes: list[i
                     end: datetime) -> dict[int, ShipTicks]:
     """Ship hash -> the signatures of its ticks in ``[start, end)``, one aggregate over the window.
 
-    ``hashes`` are the ships' hashes (:func:`pivot.ship_hashes`): a ship without rows in the window
+    ``hashes`` are the ships' hashes (:func:`pivot.ship_hashes`), in the order of ``ship_ids``: a ship
+    without rows in the window
     gets an empty entry (nothing to read again there). Run in the transaction (snapshot) of the
     read that follows, so that both see the same rows.
     """
-    query = cursor.mogrify(
-        f"""SELECT s.created_time, hashtextextended(s.ship_id, 0), count(*)::int8, sum(s.xmin::text::int8)::int8
-            FROM {source_sql} s WHERE s.created_time >= %(start)s AND s.created_time < %(end)s
-              AND s.ship_id = ANY(%(ships)s::text[]) GROUP BY s.created_time, s.ship_id""",
-        {"start": start, "end": end, "ships": ship_ids}).decode()
+    query = f"""SELECT s.created_time, hashtextextended(s.ship_id, 0), count(*)::int8, sum(s.xmin::text::int8)::int8
+        FROM {source_sql} s WHERE s.created_time >= %(start)s AND s.created_time < %(end)s
+          AND s.ship_id = ANY(%(ships)s::text[]) GROUP BY s.created_time, s.ship_id"""
     with ship_read_settings(cursor):  # a hash aggregate in work_mem, no parallel workers, no JIT
-        rows = binary_copy_rows(copy_out_bytes(cursor, f"COPY ({query}) TO STDOUT (FORMAT binary)"), SIGNATURE_DTYPE)
+        data = copy_binary(cursor, query, {"start": start, "end": end, "ships": ship_ids})
+    rows = binary_copy_rows(data, SIGNATURE_DTYPE)
     a, b = datetime_to_ts(start), datetime_to_ts(end)
     out = {h: ShipTicks(a, b, {}) for h in hashes}
     for ts, ship, n, x in zip(rows["ts"].tolist(), rows["ship"].tolist(), rows["n"].tolist(), rows["x"].tolist(),
@@ -78,10 +78,9 @@ def fleet_scope(before: dict[int, ShipTicks], now: dict[int, ShipTicks], ship_ha
     never taken; every tick from the earliest previous end on is read.
     """
     a = datetime_to_ts(start)
-    known = [before.get(h) for h in ship_hashes]
-    if any(k is None or k.start > a or k.end <= a for k in known):
+    if any(h not in before or before[h].start > a or before[h].end <= a for h in ship_hashes):
         return None
-    fresh_us = min(k.end for k in known if k is not None)
+    fresh_us = min(before[h].end for h in ship_hashes)
     fresh_from = start + timedelta(microseconds=fresh_us - a)
     if fresh_from >= end:
         return None
@@ -89,7 +88,7 @@ def fleet_scope(before: dict[int, ShipTicks], now: dict[int, ShipTicks], ship_ha
     compared = 0
     for h in ship_hashes:
         old = before[h].ticks
-        for ts, sig in now.get(h, ShipTicks(a, a, {})).ticks.items():
+        for ts, sig in now[h].ticks.items():
             if ts < fresh_us:
                 compared += 1
                 if old.get(ts) != sig:

@@ -232,7 +232,7 @@ class BackfillGate:
     def for_ship(self, ship_id: str) -> Callable[[int, bool], bool]:
         """The callback a window's block loop calls after each block: ``(rows, last) -> end the window here``."""
         def after_block(rows: int, last: bool) -> bool:
-            self.take_turn(rows, wait=False)
+            self.take_turn(rows)
             if last:
                 return False
             if self._turn - time.monotonic() > WAIT_IN_TRANSACTION:
@@ -241,12 +241,10 @@ class BackfillGate:
             return self.reason([ship_id])[0] is not None
         return after_block
 
-    def take_turn(self, rows: int, wait: bool = True) -> None:
-        """Reserve ``rows`` under the rate cap; wait for the turn now, or (``wait=False``) before the next chunk."""
+    def take_turn(self, rows: int) -> None:
+        """Reserve ``rows`` under the rate cap (the wait comes after: in place, or before the next chunk)."""
         if self.cap is not None and rows:
             self._turn = self.cap.reserve(rows, self._began)
-            if wait:
-                self._wait_turn()
         self._began = time.monotonic()
         self._maybe_record()
 

@@ -306,7 +306,7 @@ def write_fleet_window(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork],
                 plans = cache.get_many(tconn, [w.ship_id for w in work])
                 order_by = rt.source.duplicate_order(sconn)
                 cursor = raw_cursor(sconn)
-                scope, ticks = lookback_scope(cursor, rt, [w.ship_id for w in work], start, end, order_by, written)
+                scope, ticks = lookback_scope(cursor, rt, plans, start, end, order_by, written)
                 batches = read_fleet_window(cursor, rt.source.sql, plans, start, end, order_by,
                                             scope.fresh_from if scope else None, scope.again if scope else None)
                 if batches is None:  # two ids share a hash: ship by ship
@@ -323,8 +323,8 @@ def write_fleet_window(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork],
                         w.add(result)
                         w.done = True
                     if written is not None:  # only the ships merged here: the others are written alone
-                        written.stage_ticks({h: t for ship, (h, t) in ticks.items() if ship in
-                                             {w.ship_id for w, _ in ready}})
+                        merged = {w.ship_id for w, _ in ready}
+                        written.stage_ticks({h: t for ship, (h, t) in ticks.items() if ship in merged})
         if written is not None:
             written.commit()
     except RETRYABLE as exc:
@@ -344,7 +344,7 @@ def write_fleet_window(rt: Runtime, cache: ShipPlanCache, work: list[_ShipWork],
             _fail([w], exc)
 
 
-def lookback_scope(cursor, rt: Runtime, ship_ids: list[str], start: datetime, end: datetime, order_by: str | None,
+def lookback_scope(cursor, rt: Runtime, plans: list[PivotPlan], start: datetime, end: datetime, order_by: str | None,
                    written: WrittenRows | None) -> tuple[FleetScope | None, dict[str, tuple[int, ShipTicks]]]:
     """What a running processor's fleet read of ``[start, end)`` takes, and this window's tick signatures.
 
@@ -354,7 +354,8 @@ def lookback_scope(cursor, rt: Runtime, ship_ids: list[str], start: datetime, en
     """
     if written is None or order_by is not None:
         return None, {}
-    hashes = ship_hashes(cursor, ship_ids).tolist()
+    ship_ids = [p.ship_id for p in plans]
+    hashes = ship_hashes(cursor, plans).tolist()
     now = read_signatures(cursor, rt.source.sql, ship_ids, hashes, start, end)
     scope = fleet_scope(written.ticks(), now, hashes, start, end)
     if scope is not None:
