@@ -49,7 +49,8 @@ QUICK_KILLS = 3  # kills per strategy in the default run
 FULL_KILLS = 20  # kills per strategy with --full
 SHIPS = 2
 CHANNELS = 8
-QUICK_HISTORY_DAYS = 0.5  # history seeded before the writer starts (1 h chunks: 12 per ship)
+QUICK_HISTORY_DAYS = 1.0  # history seeded before the writer starts (1 h chunks: 24 per ship; 3 lives of up
+# to 3.5 s each must not drain it: at about 3 chunks a second, half a day did for some seeds)
 FULL_HISTORY_DAYS = 3.0  # enough chunks that FULL_KILLS kills of migration-only land before it drains
 KILL_DELAY_SECONDS = (0.4, 3.5)  # a life lasts a uniform random time in this range, then SIGKILL
 MERGE_SLEEP_SECONDS = 0.25  # each merge into a wide table sleeps random() * this (widens the windows)
