@@ -6,7 +6,7 @@ Run from the repository root::
                           [--channels 100] [--hours 24] [--fleets 10,40] [--long-hours 720]
                           [--realtime-ships 6,48,192] [--realtime-channels 100] [--realtime-hours 2]
                           [--freshness-ships 48] [--freshness-channels 1050] [--freshness-seconds 120]
-                          [--freshness-history-hours 0.25] [--drain-seconds 90] [--raw-passes 2] [--seed 1]
+                          [--freshness-history-hours 0.25] [--drain-seconds 90] [--raw-passes 3] [--seed 1]
                           [--skip-backfill] [--skip-realtime] [--skip-freshness] [-v]
 
 ``--quick`` is a smoke run of a minute or two (1 h per ship, 2 h for the long history, 10
@@ -844,7 +844,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freshness-seconds", type=float, help="how long the freshness writer writes (120)")
     p.add_argument("--freshness-history-hours", type=float, help="history before the freshness run (0.25)")
     p.add_argument("--drain-seconds", type=float, help="wait after the writer stops for the last cells (90)")
-    p.add_argument("--raw-passes", type=int, default=2, help="raw COPY passes; the fastest is reported")
+    p.add_argument("--raw-passes", type=int, default=3,
+                   help="passes of each raw COPY and each backfill case; the fastest is reported")
     p.add_argument("--seed", type=int, default=1, help="fleet_data seed (ship ids and values)")
     p.add_argument("--once-cycles", action="store_true",
                    help="time each realtime cycle as a new process (cron's --once) instead of a running processor")

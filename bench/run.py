@@ -4,6 +4,7 @@ Run from the repository root::
 
     python bench/run.py [--database-url URL] [--shape production|demo] [--ships 1] [--channels 1000]
                         [--days 1.0] [--workers 1] [--json-out bench/results.json] [--keep]
+                        [--raw-passes 2] [--process-passes 2]
                         [--skip-peers] [--peers NAME,...] [--peer-timeout 600] [--tool-timeout 3600]
 
 The database is ``--database-url``, else ``DATABASE_URL``, else the embedded PostgreSQL the tool
@@ -29,7 +30,8 @@ What is measured, on those rows:
    as a user runs it, in its own process against fresh, empty wide tables (its own target schema,
    an empty ledger, its own ``STATE_DIR``): the wall clock of the whole process, and the peak RSS of
    the largest process of its tree (``os.wait4``: the tool and its reader helpers); the wide
-   tables' row counts are checked afterwards;
+   tables' row counts are checked afterwards; the fastest of ``--process-passes`` runs, each from
+   empty tables, as the raw read is the fastest of ``--raw-passes``;
 4. **SQL pivots** of one window of one ship's first part: the obvious ``max(...) FILTER (WHERE
    channel = ...)`` per channel, the best known ``jsonb_object_agg`` + ``jsonb_populate_record``, and
    the ``tablefunc`` extension's ``crosstab(source_sql, category_sql)`` (n/a where the server has
@@ -58,6 +60,7 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,7 +68,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -515,6 +518,35 @@ def tool_process(rt_proc: Runtime, seeded: Seeded, expected: dict[str, int], wor
     return Measure(TOOL_PROCESS, rows, child.seconds, note, rss_mb=child.maxrss_mb), info
 
 
+def fresh_process_target(rt_proc: Runtime, analysis: Any) -> None:
+    """Empty wide tables, an empty ledger and an empty ``STATE_DIR`` for one tool process pass."""
+    with rt_proc.dbs.target.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {qi(rt_proc.settings.target_schema)} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {qi(rt_proc.settings.target_schema)}"))
+    shutil.rmtree(rt_proc.settings.state_dir, ignore_errors=True)
+    create_tables(rt_proc, analysis=analysis)
+
+
+def best_tool_process(rt_proc: Runtime, analysis: Any, seeded: Seeded, expected: dict[str, int],
+                      args: argparse.Namespace) -> tuple[Measure, dict[str, Any]]:
+    """The fastest of ``--process-passes`` tool processes, each from empty tables (timed as the raw read is:
+    one run of a few seconds on a shared machine is mostly noise); a failed pass is the result."""
+    best: tuple[Measure, dict[str, Any]] | None = None
+    seconds = []
+    for _ in range(max(args.process_passes, 1)):
+        fresh_process_target(rt_proc, analysis)
+        measure, info = tool_process(rt_proc, seeded, expected, args.workers, args.tool_timeout)
+        if measure.seconds is None:
+            return measure, info
+        seconds.append(round(measure.seconds, 2))
+        if best is None or measure.seconds < best[0].seconds:  # type: ignore[operator]
+            best = (measure, info)
+    assert best is not None
+    measure, info = best
+    info["pass_seconds"] = seconds
+    return replace(measure, note=f"{measure.note}, best of {len(seconds)}"), info
+
+
 def peer_args(rt: Runtime, scratch: str, seeded: Seeded, layouts: dict[str, ShipSchema]) -> dict[str, Any]:
     """The arguments file of :mod:`bench.peers`: URL, source, scratch schema, each ship's window and parts."""
     ships = []
@@ -950,6 +982,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--raw-passes", type=int, default=2, help="raw read passes; the fastest is reported")
     p.add_argument("--pivot-hours", type=float, default=24.0, help="window of the SQL pivots")
     p.add_argument("--pivot-timeout", type=float, default=1800.0, help="seconds before a SQL pivot is given up")
+    p.add_argument("--process-passes", type=int, default=2, help="tool process passes; the fastest is reported")
     p.add_argument("--tool-timeout", type=float, default=3600.0, help="seconds before the tool process is killed")
     p.add_argument("--skip-peers", action="store_true", help="do not run the peers")
     p.add_argument("--peers", type=_peer_names, default=list(PEERS), help=f"peers to run (default: {','.join(PEERS)})")
@@ -1014,8 +1047,7 @@ def measure_all(rt: Runtime, args: argparse.Namespace, names: Schemas, tmp: Path
     report.measures.append(measure)
 
     rt_proc = Runtime(settings=make_settings(url, names.src, names.proc, tmp), dbs=rt.dbs)
-    create_tables(rt_proc, analysis=analysis)  # fresh, empty wide tables; an empty ledger and STATE_DIR
-    measure, report.tool_process = tool_process(rt_proc, seeded, expected, args.workers, args.tool_timeout)
+    measure, report.tool_process = best_tool_process(rt_proc, analysis, seeded, expected, args)
     report.measures.append(measure)
 
     pivots, report.pivot_window = sql_pivots(rt, analysis, seeded, args.pivot_hours, args.pivot_timeout)

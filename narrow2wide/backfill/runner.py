@@ -212,22 +212,39 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
     yet) the loop waits for them rather than exit with work undone: it takes a chunk over the
     moment its holder's lock goes, and returns once the ledger is drained.
     """
+    # helper processes that read the source's blocks, two at a time; started first, so that their
+    # start-up and connection overlap this worker's own
+    readers = [CopyReaderProcess(rt.dbs.source, settings_sql=READ_SETTINGS_SQL) for _ in range(READER_PROCESSES)]
+    for reader in readers:
+        reader.start()
+    try:
+        with rt.dbs.source.connect() as sconn:
+            time_type = rt.source.time_type(sconn)
+        if gate is None:
+            gate = BackfillGate(rt, ThrottleSettings(), uuid.uuid4().hex, stop)
+            with rt.dbs.target.begin() as tconn:
+                HoldLog(rt.settings.target_schema).ensure(tconn)
+        try:
+            stats = _claim_loop(rt, ships, time_type, readers, gate, max_attempts, backoff_seconds, stop, only_ids)
+        finally:
+            gate.close()
+    finally:
+        for reader in readers:
+            reader.close()
+    stats.held_seconds = dict(gate.seconds)
+    return stats
+
+
+def _claim_loop(rt: Runtime, ships: list[str], time_type: str, readers: Sequence[CopyReaderProcess],
+                gate: BackfillGate, max_attempts: int, backoff_seconds: float, stop: threading.Event | None,
+                only_ids: list[int] | None) -> WorkerStats:
+    """:func:`work_chunks`' loop, on a target connection of its own (replaced when it breaks)."""
     ledger = ChunkLedger(rt.settings.target_schema)
     cache = ShipPlanCache(rt)
     stats = WorkerStats()
-    with rt.dbs.source.connect() as sconn:
-        time_type = rt.source.time_type(sconn)
-    if gate is None:
-        gate = BackfillGate(rt, ThrottleSettings(), uuid.uuid4().hex, stop)
-        with rt.dbs.target.begin() as tconn:
-            HoldLog(rt.settings.target_schema).ensure(tconn)
-    conn = rt.dbs.target.connect()
-    # helper processes that read the source's blocks, two at a time
-    readers = [CopyReaderProcess(rt.dbs.source, settings_sql=READ_SETTINGS_SQL) for _ in range(READER_PROCESSES)]
     waited = 0.0
+    conn = rt.dbs.target.connect()
     try:
-        for reader in readers:
-            reader.start()
         while not (stop and stop.is_set()):
             try:
                 chunk, waiting = _next_chunk(ledger, gate, conn, ships, only_ids)
@@ -256,11 +273,7 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
                     except DATABASE_ERRORS:
                         conn = _fresh_connection(rt, conn, stop)
     finally:
-        for reader in readers:
-            reader.close()
         conn.close()
-        gate.close()
-    stats.held_seconds = dict(gate.seconds)
     return stats
 
 

@@ -174,60 +174,66 @@ def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> No
     """
     check_mode_options(mode, opts)
     try:
-        settings = load_settings()
-        overrides: dict[str, object] = {}
-        if opts["ship_ids"]:
-            overrides["ship_ids"] = tuple(opts["ship_ids"])  # type: ignore[arg-type]
-        if opts["chunk_hours"]:
-            overrides["chunk_hours"] = opts["chunk_hours"]
-        settings = settings.with_overrides(**overrides)
+        settings = settings_for(opts)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-
     quiet_cycle = mode == "realtime" and bool(opts["once"]) and verbose == 0
     # a dry run writes nothing, not even the log file
     setup_logging(-1 if (quiet or quiet_cycle) else verbose, None if opts["dry_run"] else settings.log_file)
     try:
         result, code = run_mode(mode, settings, opts)
-    except MigratorError as exc:
-        log.debug("error", exc_info=True)
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error: {one_line(exc)}", err=True)
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except DATABASE_ERRORS as exc:  # a connection lost mid-run, or an unexpected SQL error
-        log.debug("database error", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - every error ends here as one line; the traceback in the log
+        log.debug("error", exc_info=True)
         if debug:
             traceback.print_exc()
-        orig = getattr(exc, "orig", None) or exc
-        what = ("lost the connection to the database" if isinstance(orig, psycopg2.OperationalError)
-                else "database error")
-        click.echo(f"error: {what}: {type(orig).__name__}: {one_line(exc)}; check the database and re-run "
-                   f"(every step resumes; --debug shows the traceback; log: {settings.log_file})", err=True)
-        sys.exit(1)
-    except Exception as exc:  # noqa: BLE001 - last resort: one line, the traceback in the log
-        log.debug("unexpected error", exc_info=True)
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback; "
-                   f"log: {settings.log_file})", err=True)
-        sys.exit(1)
+        line, exit_code = failure_line(exc, settings.log_file)
+        click.echo(f"error: {line}", err=True)
+        sys.exit(exit_code)
     if quiet_cycle and code == 0:
         result = None  # cron mails whatever is printed: a good --once cycle prints nothing
     if result is not None:
-        if opts["as_json"]:
-            click.echo(json.dumps(to_jsonable(result), indent=2, ensure_ascii=False))
-        else:
-            from narrow2wide.cli import report
-
-            text_out = report.render("dry-run" if opts["dry_run"] else mode, result)
-            if text_out:
-                click.echo(text_out)
+        print_result("dry-run" if opts["dry_run"] else mode, result, bool(opts["as_json"]))
     sys.exit(code)
+
+
+def settings_for(opts: dict[str, object]) -> Settings:
+    """The settings (environment, ``.env``) with the command line's ``--ship-id`` and ``--chunk-hours``."""
+    overrides: dict[str, object] = {}
+    if opts["ship_ids"]:
+        overrides["ship_ids"] = tuple(opts["ship_ids"])  # type: ignore[arg-type]
+    if opts["chunk_hours"]:
+        overrides["chunk_hours"] = opts["chunk_hours"]
+    return load_settings().with_overrides(**overrides)
+
+
+def failure_line(exc: Exception, log_file: Path) -> tuple[str, int]:
+    """What a failed mode prints (one line) and its exit code: the tool's own errors say what to do;
+    a database error or an unexpected one says where to look."""
+    if isinstance(exc, MigratorError):
+        return one_line(exc), exc.exit_code
+    if isinstance(exc, DATABASE_ERRORS):  # a connection lost mid-run, or an unexpected SQL error
+        orig = getattr(exc, "orig", None) or exc
+        what = ("lost the connection to the database" if isinstance(orig, psycopg2.OperationalError)
+                else "database error")
+        return (f"{what}: {type(orig).__name__}: {one_line(exc)}; check the database and re-run "
+                f"(every step resumes; --debug shows the traceback; log: {log_file})"), 1
+    return f"{type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback; log: {log_file})", 1
+
+
+def print_result(mode: str, result: object, as_json: bool) -> None:
+    """A mode's result on stdout: JSON, or the report's text."""
+    if as_json:
+        click.echo(json.dumps(to_jsonable(result), indent=2, ensure_ascii=False))
+        return
+    from narrow2wide.cli import report
+
+    text_out = report.render(mode, result)
+    if text_out:
+        click.echo(text_out)
 
 
 if __name__ == "__main__":

@@ -147,12 +147,24 @@ def _receive_reply(stream) -> tuple[bytes, bytes]:
     return status, payload
 
 
+def _connect(params: dict) -> psycopg2.extensions.connection:
+    """The helper's source connection: every read in a REPEATABLE READ, read-only transaction."""
+    conn = psycopg2.connect(**params)
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    return conn
+
+
 def _serve() -> None:
     """The helper's loop: one COPY per request, each in a new transaction on the caller's snapshot."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the parent, which stops gracefully
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     params = _receive(requests)
     conn = None
+    if params is not None:
+        try:  # connect now, while the worker prepares its first read; a failure is met again at that read
+            conn = _connect(params)
+        except psycopg2.Error:
+            conn = None
     while params is not None:
         request = _receive(requests)
         if request is None:
@@ -161,8 +173,7 @@ def _serve() -> None:
         for attempt in (1, 2):
             try:
                 if conn is None or conn.closed:
-                    conn = psycopg2.connect(**params)
-                    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+                    conn = _connect(params)
                 buf = io.BytesIO()
                 with conn.cursor() as cur:
                     cur.execute("SET TRANSACTION SNAPSHOT %s", (request["snapshot"],))

@@ -1,0 +1,62 @@
+"""The backfill's reader helper processes: connected before their first read, failing it with the reason."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from narrow2wide.db.database import make_engine, qualified
+from narrow2wide.engine.copy_reader import CopyReaderProcess, SourceReadError
+
+
+def _backends_named(engine, name: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"),
+                                {"n": name}).scalar_one())
+
+
+def test_a_started_reader_connects_before_its_first_read_and_reads_in_the_callers_snapshot(engine, schemas):
+    """``start()`` brings the helper up and connected while the worker prepares; its read sees the snapshot
+    the worker exported, not rows committed after it."""
+    name = f"reader-test-{uuid.uuid4().hex[:8]}"
+    table = qualified(schemas[0], "reader_probe")
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {table} (v int)"))
+        conn.execute(text(f"INSERT INTO {table} VALUES (1), (2)"))
+    reader = CopyReaderProcess(engine, application_name=name)
+    try:
+        reader.start()
+        deadline = time.monotonic() + 20
+        while _backends_named(engine, name) == 0:
+            assert time.monotonic() < deadline, "the started reader never connected"
+            time.sleep(0.05)
+        with engine.connect() as conn:
+            conn.execute(text("BEGIN ISOLATION LEVEL REPEATABLE READ"))
+            snapshot = reader.export_snapshot(conn)
+            with engine.begin() as other:  # committed after the snapshot: not in the read
+                other.execute(text(f"INSERT INTO {table} VALUES (3)"))
+            data = reader.copy_out(snapshot, f"COPY (SELECT v FROM {table} ORDER BY v) TO STDOUT")
+            conn.rollback()
+        assert bytes(data) == b"1\n2\n"
+    finally:
+        reader.close()
+    deadline = time.monotonic() + 10
+    while _backends_named(engine, name):  # its backend ends with the helper
+        assert time.monotonic() < deadline, "the closed reader's connection is still open"
+        time.sleep(0.05)
+
+
+def test_a_reader_that_cannot_connect_fails_its_first_read_with_the_reason():
+    """A helper whose connection at start fails does not hang or read nothing: the first read fails, naming why."""
+    unreachable = make_engine("postgresql+psycopg2://postgres@127.0.0.1:1/nowhere", "reader-test")
+    reader = CopyReaderProcess(unreachable)
+    try:
+        reader.start()
+        with pytest.raises(SourceReadError, match="OperationalError"):
+            reader.copy_out("00000003-00000002-1", "COPY (SELECT 1) TO STDOUT")
+    finally:
+        reader.close()
+        unreachable.dispose()
