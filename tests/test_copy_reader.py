@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from narrow2wide.db.database import make_engine, qualified
+from narrow2wide.db.narrow_source import begin_snapshot_read
 from narrow2wide.engine.copy_reader import CopyReaderProcess, SourceReadError
 
 
@@ -34,7 +35,7 @@ def test_a_started_reader_connects_before_its_first_read_and_reads_in_the_caller
             assert time.monotonic() < deadline, "the started reader never connected"
             time.sleep(0.05)
         with engine.connect() as conn:
-            conn.execute(text("BEGIN ISOLATION LEVEL REPEATABLE READ"))
+            begin_snapshot_read(conn)  # as the backfill's source transaction
             snapshot = reader.export_snapshot(conn)
             with engine.begin() as other:  # committed after the snapshot: not in the read
                 other.execute(text(f"INSERT INTO {table} VALUES (3)"))
