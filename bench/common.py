@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
@@ -13,6 +14,7 @@ from sqlalchemy.engine import Engine, make_url
 from config import Settings, redact_url
 from narrow2wide.db.database import qi
 from narrow2wide.db.runtime import Runtime
+from table_creator import create_tables
 
 log = logging.getLogger("bench")
 
@@ -79,3 +81,13 @@ def clean_up(rt: Runtime, settings: Settings, schemas: list[str], tmp: Path, kee
             stop_embedded(settings.embedded_pgdata)
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fresh_target(rt: Runtime, analysis: Any, ship_ids: tuple[str, ...] = ()) -> None:
+    """Empty wide tables (of ``ship_ids``, else every analysed ship), an empty ledger and no stored cutoff:
+    the state a backfill pass of a benchmark starts from."""
+    with rt.dbs.target.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {qi(rt.settings.target_schema)} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {qi(rt.settings.target_schema)}"))
+    rt.settings.cutoff_file.unlink(missing_ok=True)
+    create_tables(rt, ship_ids, analysis=analysis)

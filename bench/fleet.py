@@ -77,7 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from psycopg2 import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from bench.common import clean_up, create_schemas, database_url, drop_schemas, make_settings  # noqa: E402
+from bench.common import clean_up, create_schemas, database_url, drop_schemas, fresh_target, make_settings  # noqa: E402
 from bench.realtime import ceil_to_grid, cell_locations, environment, percentile, wait_for_db_time  # noqa: E402
 from cutoff_store import CutoffStore  # noqa: E402
 from data_migrator import BackfillOptions, migration_status, run_backfill  # noqa: E402
@@ -320,22 +320,13 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 # 1 and 2: one ship's backfill and steps in sources of growing fleets
 
 
-def _fresh_target(rt: Runtime, ship: str, analysis: Any) -> None:
-    """Drop what a backfill made (target schema, cutoff store) and create the ship's wide tables again."""
-    with rt.dbs.target.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {qi(rt.settings.target_schema)} CASCADE"))
-        conn.execute(text(f"CREATE SCHEMA {qi(rt.settings.target_schema)}"))
-    rt.settings.cutoff_file.unlink(missing_ok=True)
-    create_tables(rt, (ship,), analysis=analysis)
-
-
 def _best_backfill(rt: Runtime, ship: str, cutoff: datetime, analysis: Any, passes: int) -> tuple[Any, float]:
     """The fastest of ``passes`` backfills of ``ship`` from empty tables (the raw COPY is timed the same way:
     one run of about a second on a shared machine is mostly noise)."""
     best: tuple[Any, float] | None = None
     for n in range(max(passes, 1)):
         if n:
-            _fresh_target(rt, ship, analysis)
+            fresh_target(rt, analysis, (ship,))
         result, seconds = _timed(run_backfill, rt, (ship,), BackfillOptions(cutoff_time=str(cutoff), progress=False))
         log.info("backfill pass %d: %.2f s", n + 1, seconds)
         if best is None or seconds < best[1]:

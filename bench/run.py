@@ -60,7 +60,6 @@ import logging
 import os
 import platform
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -81,7 +80,7 @@ from psycopg2 import errors as pg_errors  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from bench.common import clean_up, create_schemas, database_url, make_settings  # noqa: E402
+from bench.common import clean_up, create_schemas, database_url, fresh_target, make_settings  # noqa: E402
 from bench.peers import MISSING_EXIT, PEERS  # noqa: E402
 from config import DEFAULTS, redact_url  # noqa: E402
 from data_migrator import BackfillOptions, run_backfill  # noqa: E402
@@ -518,15 +517,6 @@ def tool_process(rt_proc: Runtime, seeded: Seeded, expected: dict[str, int], wor
     return Measure(TOOL_PROCESS, rows, child.seconds, note, rss_mb=child.maxrss_mb), info
 
 
-def fresh_process_target(rt_proc: Runtime, analysis: Any) -> None:
-    """Empty wide tables, an empty ledger and an empty ``STATE_DIR`` for one tool process pass."""
-    with rt_proc.dbs.target.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA IF EXISTS {qi(rt_proc.settings.target_schema)} CASCADE"))
-        conn.execute(text(f"CREATE SCHEMA {qi(rt_proc.settings.target_schema)}"))
-    shutil.rmtree(rt_proc.settings.state_dir, ignore_errors=True)
-    create_tables(rt_proc, analysis=analysis)
-
-
 def best_tool_process(rt_proc: Runtime, analysis: Any, seeded: Seeded, expected: dict[str, int],
                       args: argparse.Namespace) -> tuple[Measure, dict[str, Any]]:
     """The fastest of ``--process-passes`` tool processes, each from empty tables (timed as the raw read is:
@@ -534,7 +524,7 @@ def best_tool_process(rt_proc: Runtime, analysis: Any, seeded: Seeded, expected:
     best: tuple[Measure, dict[str, Any]] | None = None
     seconds = []
     for _ in range(max(args.process_passes, 1)):
-        fresh_process_target(rt_proc, analysis)
+        fresh_target(rt_proc, analysis)  # empty tables, ledger and cutoff
         measure, info = tool_process(rt_proc, seeded, expected, args.workers, args.tool_timeout)
         if measure.seconds is None:
             return measure, info
