@@ -11,6 +11,17 @@ from contextlib import contextmanager
 log = logging.getLogger("stopping")  # the name the log file has always shown
 
 
+def _log_later(message: str, *args: object) -> None:
+    """Log from a short thread, not from the signal handler itself.
+
+    The handler runs between two bytecodes of the main thread, possibly in the middle of that
+    thread's own write to the log file; writing there again fails ("reentrant call") and the
+    error would surface in whatever the main thread was doing. Another thread just waits for
+    the handler's lock.
+    """
+    threading.Thread(target=log.warning, args=(message, *args), name="signal-log").start()
+
+
 @contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
     """Within the block, SIGINT/SIGTERM set ``stop``; a second signal raises KeyboardInterrupt.
@@ -22,12 +33,12 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
         return
 
     def handler(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
         if stop.is_set():
-            log.warning("second %s: stopping now", signal.Signals(signum).name)
+            _log_later("second %s: stopping now", name)
             raise KeyboardInterrupt
-        log.warning("%s: finishing the current step, then exiting (send it again to stop at once)",
-                    signal.Signals(signum).name)
-        stop.set()
+        stop.set()  # first: the request to stop must not depend on the log line below
+        _log_later("%s: finishing the current step, then exiting (send it again to stop at once)", name)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
