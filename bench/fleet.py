@@ -77,7 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from psycopg2 import sql  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from bench.common import clean_up, create_schemas, database_url, drop_schemas, fresh_target, make_settings  # noqa: E402
+from bench.common import clean_up, compile_tool, create_schemas, database_url, drop_schemas, fresh_target, make_settings  # noqa: E402
 from bench.realtime import ceil_to_grid, cell_locations, environment, percentile, wait_for_db_time  # noqa: E402
 from cutoff_store import CutoffStore  # noqa: E402
 from data_migrator import BackfillOptions, migration_status, run_backfill  # noqa: E402
@@ -891,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    compile_tool()  # the timed processes start from bytecode, as on a user's machine
     report = run(args)
     print(render(report))
     write_json(report, args.json_out)

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
-from bench.common import clean_up, create_schemas, database_url, make_settings  # noqa: E402
+from bench.common import clean_up, compile_tool, create_schemas, database_url, make_settings  # noqa: E402
 from config import redact_url  # noqa: E402
 from cutoff_store import CutoffStore  # noqa: E402
 from narrow2wide.common.model import TIME_COLUMN  # noqa: E402
@@ -683,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    compile_tool()  # the timed processes start from bytecode, as on a user's machine
     report = run(args)
     print(render(report))
     write_json(report, args.json_out)

@@ -61,3 +61,27 @@ def test_a_reader_that_cannot_connect_fails_its_first_read_with_the_reason():
     finally:
         reader.close()
         unreachable.dispose()
+
+
+def test_readers_told_to_exit_together_all_exit_cleanly_and_close_waits_for_each(engine):
+    """``request_exit`` on every helper, then ``close`` on each (how a worker ends): each helper process
+    exits by itself with status 0 and its backend goes; a second ``close`` is harmless."""
+    name = f"reader-exit-{uuid.uuid4().hex[:8]}"
+    readers = [CopyReaderProcess(engine, application_name=name) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    processes = [reader.process for reader in readers]
+    deadline = time.monotonic() + 20
+    while _backends_named(engine, name) < 2:
+        assert time.monotonic() < deadline, "the started readers never connected"
+        time.sleep(0.05)
+    for reader in readers:
+        reader.request_exit()
+    for reader in readers:
+        reader.close()
+        reader.close()
+    assert [p.returncode for p in processes] == [0, 0]
+    deadline = time.monotonic() + 10
+    while _backends_named(engine, name):
+        assert time.monotonic() < deadline, "a closed reader's connection is still open"
+        time.sleep(0.05)

@@ -7,6 +7,7 @@ the traceback.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -115,6 +116,9 @@ def run_mode(mode: str, settings: Settings, opts: dict) -> tuple[object, int]:
     """Call the library function of ``mode``; returns (result, exit code)."""
     from narrow2wide.cli import modes
 
+    # The modules' objects live as long as the process: keep them out of every garbage collection
+    # of the run (each full one walks all of them) and of the collections at exit.
+    gc.freeze()
     handler = modes.HANDLERS.get(mode)
     if handler is None:
         raise NotImplementedYet(f"--mode {mode} is not implemented yet")
@@ -197,6 +201,7 @@ def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> No
         result = None  # cron mails whatever is printed: a good --once cycle prints nothing
     if result is not None:
         print_result("dry-run" if opts["dry_run"] else mode, result, bool(opts["as_json"]))
+    gc.freeze()  # what the run left is freed as the process ends, without the collections' walks (0.1 to 0.2 s)
     sys.exit(code)
 
 

@@ -86,13 +86,10 @@ class CopyReaderProcess:
 
     def close(self) -> None:
         """Stop the helper process (it finishes a read in progress first)."""
+        self.request_exit()
         proc, self._process = self._process, None
         if proc is None:
             return
-        try:
-            proc.stdin.close()  # type: ignore[union-attr]  # EOF: the helper exits
-        except OSError:
-            pass
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -100,6 +97,19 @@ class CopyReaderProcess:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The helper process while this reader has one (None before :meth:`start` and after :meth:`close`)."""
+        return self._process
+
+    def request_exit(self) -> None:
+        """Tell the helper to exit once its read in progress is done (EOF on its stdin); :meth:`close` waits."""
+        if self._process is not None and self._process.stdin is not None and not self._process.stdin.closed:
+            try:
+                self._process.stdin.close()
+            except OSError:
+                pass
 
     def __enter__(self) -> CopyReaderProcess:
         return self
