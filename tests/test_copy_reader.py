@@ -64,8 +64,8 @@ def test_a_reader_that_cannot_connect_fails_its_first_read_with_the_reason():
 
 
 def test_readers_told_to_exit_together_all_exit_cleanly_and_close_waits_for_each(engine):
-    """``request_exit`` on every helper, then ``close`` on each (how a worker ends): each helper process
-    exits by itself with status 0 and its backend goes; a second ``close`` is harmless."""
+    """``request_exit`` on every helper, then ``close`` on each (how a worker ends): the request alone makes
+    each helper process exit, with status 0, and its backend goes; a second ``close`` is harmless."""
     name = f"reader-exit-{uuid.uuid4().hex[:8]}"
     readers = [CopyReaderProcess(engine, application_name=name) for _ in range(2)]
     for reader in readers:
@@ -77,6 +77,10 @@ def test_readers_told_to_exit_together_all_exit_cleanly_and_close_waits_for_each
         time.sleep(0.05)
     for reader in readers:
         reader.request_exit()
+    deadline = time.monotonic() + 10
+    while any(p.poll() is None for p in processes):  # the request alone ends them, before any wait
+        assert time.monotonic() < deadline, "a helper told to exit is still running"
+        time.sleep(0.05)
     for reader in readers:
         reader.close()
         reader.close()
