@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 
@@ -10,7 +12,7 @@ from sqlalchemy import text
 
 from narrow2wide.db.database import make_engine, qualified
 from narrow2wide.db.narrow_source import begin_snapshot_read
-from narrow2wide.engine.copy_reader import CopyReaderProcess, SourceReadError
+from narrow2wide.engine.copy_reader import CopyReaderProcess, SourceReadError, _wait_for_exit
 
 
 def _backends_named(engine, name: str) -> int:
@@ -89,3 +91,21 @@ def test_readers_told_to_exit_together_all_exit_cleanly_and_close_waits_for_each
     while _backends_named(engine, name):
         assert time.monotonic() < deadline, "a closed reader's connection is still open"
         time.sleep(0.05)
+
+
+def test_waiting_for_a_helper_reaps_it_once_it_exits_and_gives_up_at_the_timeout():
+    """The wait ``close`` uses: it returns once the process has exited (reaped, with its status) and
+    raises ``TimeoutExpired`` for one that does not exit in time."""
+    exiting = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        exiting.stdin.close()  # EOF: the helper's signal to exit
+        _wait_for_exit(exiting, 20)
+        assert exiting.returncode == 0
+        _wait_for_exit(exiting, 20)  # already reaped: returns at once
+        with pytest.raises(subprocess.TimeoutExpired):
+            _wait_for_exit(stuck, 0.2)
+        assert stuck.poll() is None
+    finally:
+        stuck.kill()
+        stuck.wait()

@@ -29,7 +29,10 @@ from narrow2wide.engine.pivot import (
     PartColumns,
     PivotPlan,
     _decode_ticks,
+    _encode_dense,
+    _encode_full,
     _sorted_codes,
+    distinct_count,
     encode_copy,
     pivot,
 )
@@ -107,6 +110,17 @@ def test_tick_codes_equal_numpy_unique(shape):
     uniq, codes = _sorted_codes(values)
     want_u, want_c = np.unique(values, return_inverse=True)
     assert uniq.tolist() == want_u.tolist() and codes.tolist() == want_c.reshape(-1).tolist()
+
+
+
+@pytest.mark.parametrize("shape", ["runs", "random", "one", "empty"])
+def test_distinct_count_equals_the_size_of_numpy_unique(shape):
+    rng = np.random.default_rng(5)
+    values = {"runs": np.repeat(rng.permutation(300), rng.integers(1, 9, 300)),
+              "random": rng.integers(-50, 50, 5000),
+              "one": np.array([7]),
+              "empty": np.empty(0)}[shape].astype(np.int64)
+    assert distinct_count(values) == np.unique(values).size
 
 
 def _plan() -> PivotPlan:
@@ -243,3 +257,18 @@ def test_the_pivot_accepts_exactly_what_the_one_definition_of_fits_accepts(pg_ty
     result = pivot(plan, batch)
     accepted = {FORMAT_NAMES[f] for f, t in zip(formats, batch.ts.tolist(), strict=True) if t not in result.rejects.ts}
     assert accepted == set(FITS[pg_type])
+
+
+def test_the_full_rows_encoder_writes_the_bytes_of_the_general_one():
+    """Rows whose fixed-width cells all have a value, with several text columns that miss cells here
+    and there (NULLs), empty texts and multi-byte ones: the per-row encoder gives the same bytes as
+    the dense general one."""
+    rng = np.random.default_rng(3)
+    n, r0, r1 = 300, 100, 260
+    ts = np.arange(n, dtype=">i8").view(np.uint8).reshape(n, 1, 8)
+    doubles = rng.normal(size=(n, 5)).astype(">f8").view(np.uint8).reshape(n, 5, 8)
+    fields = [(ts, np.ones((n, 1), dtype=bool), 8), (doubles, np.ones((n, 5), dtype=bool), 8)]
+    words = [b"", b"a", "\u00e9t\u00e9".encode(), b"x" * 40]
+    texts = [{r: words[int(rng.integers(len(words)))] for r in range(r0, r1) if rng.random() < share}
+             for share in (0.9, 0.3, 0.0, 1.0)]
+    assert _encode_full(fields, texts, r0, r1) == _encode_dense(fields, texts, r0, r1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -114,6 +115,10 @@ def setup_logging(verbosity: int, log_file: Path | None) -> None:
 
 def run_mode(mode: str, settings: Settings, opts: dict) -> tuple[object, int]:
     """Call the library function of ``mode``; returns (result, exit code)."""
+    # The tool never calls BLAS, but numpy's OpenBLAS starts a thread per extra core when numpy is
+    # imported, and that thread spins for a while: 0.06 CPU-s of a 2-core host at every start.
+    # Set here, before the modes import numpy; a user's own setting wins. Worker processes inherit it.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from narrow2wide.cli import modes
 
     # The modules' objects live as long as the process: keep them out of every garbage collection

@@ -279,7 +279,7 @@ def _decode_ticks(data: memoryview, with_ship: bool = False
 def _parse_ticks(data: memoryview, with_ship: bool) -> tuple[dict[str, np.ndarray], list[tuple[int, int]], int]:
     size = len(data)
     if size == 0:
-        return _empty_fields("hash", "ship"), [], 0
+        return _empty_fields("hash", *(["ship"] if with_ship else [])), [], 0
     pos = _stream_start(data)
     head = struct.Struct(">hiqiqii" if with_ship else ">hiqii")  # nf, len, time, [len, ship,] len, count
     length_of = struct.Struct(">i").unpack_from
@@ -318,12 +318,13 @@ def _parse_ticks(data: memoryview, with_ship: bool) -> tuple[dict[str, np.ndarra
             counts[k].append(n)
     if pos + len(_TRAILER) != size:
         raise ValueError(f"binary COPY stream of {size} bytes ends at byte {pos + len(_TRAILER)}")
-    return _tick_fields(ticks, counts, packed), again, size
+    return _tick_fields(ticks, counts, packed, with_ship), again, size
 
 
-def _tick_fields(ticks: list[tuple[int, int]], counts: list[list[int]], packed: list[list[memoryview]]
-                 ) -> dict[str, np.ndarray]:
-    """The batch fields of the tick records, per format (the other value columns zero)."""
+def _tick_fields(ticks: list[tuple[int, int]], counts: list[list[int]], packed: list[list[memoryview]],
+                 with_ship: bool) -> dict[str, np.ndarray]:
+    """The batch fields of the tick records, per format (the other value columns zero); ``ship`` only
+    for a fleet read."""
     times = np.array([t for t, _ in ticks], dtype=np.int64)
     ships = np.array([sh for _, sh in ticks], dtype=np.int64)
     order = np.argsort(times, kind="stable")  # ticks come in the server's hash order; sorted, the pivot need not sort
@@ -335,7 +336,6 @@ def _tick_fields(ticks: list[tuple[int, int]], counts: list[list[int]], packed: 
         values = recs["v"] if "v" in dtype.names else None
         groups.append({
             "ts": np.repeat(times[order], n_of),
-            "ship": np.repeat(ships[order], n_of),
             "hash": recs["hash"].astype(np.int64),
             "fmt": np.full(n, fmt, dtype=np.int8),
             "nulls": np.zeros(n, dtype=np.int8),
@@ -343,6 +343,8 @@ def _tick_fields(ticks: list[tuple[int, int]], counts: list[list[int]], packed: 
             "d": values.astype(np.float64) if fmt == FMT_DECIMAL else np.zeros(n, dtype=np.float64),
             "l": values.astype(np.int64) if fmt == FMT_INTEGER else np.zeros(n, dtype=np.int64),
         })
+        if with_ship:
+            groups[-1]["ship"] = np.repeat(ships[order], n_of)
     return {key: np.concatenate([g[key] for g in groups]) for key in groups[0]}
 
 
@@ -371,10 +373,21 @@ def hash_lookup(cursor, plan: PivotPlan) -> tuple[np.ndarray, np.ndarray] | None
                        "ORDER BY n", (list(plan.channels),))
         hashes = np.array([r[0] for r in cursor.fetchall()], dtype=np.int64)
         order = np.argsort(hashes, kind="stable")
-        unique = np.unique(hashes).size == hashes.size
-        plan.hash_lookup = (hashes[order], order.astype(np.int32)) if unique else None
+        plan.hash_lookup = (hashes[order], order.astype(np.int32)) if distinct_count(hashes) == hashes.size else None
         plan.hashes_known = True
     return plan.hash_lookup
+
+
+def distinct_count(values: np.ndarray) -> int:
+    """How many distinct values ``values`` holds.
+
+    Not ``np.unique(values).size``: a plain ``np.unique`` asks whether its input is a masked array,
+    which imports ``numpy.ma`` at its first call (15 ms of a process's start, before its first read).
+    """
+    if values.size == 0:
+        return 0
+    ordered = np.sort(values, axis=None)
+    return int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1
 
 
 def _map_hashes(row_hash: np.ndarray, lookup: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -448,7 +461,6 @@ def _read_ticks(cursor, from_where: str, params: dict, lookup: tuple[np.ndarray,
     run = copy_out or _local_copy_out(cursor)
     query = f"SELECT {_tick_sql(False)} {from_where} GROUP BY s.created_time"
     fields, again, size = _decode_ticks(run(_copy_sql(cursor, query, params)))
-    del fields["ship"]
     if again:
         log.debug("%d tick(s) with a row in no record (a reject): read again row by row", len(again))
         aware = params["start"].tzinfo is not None
@@ -502,7 +514,7 @@ def read_fleet_window(cursor, source_sql: str, plans: list[PivotPlan], start: da
     ship_ids = [p.ship_id for p in plans]
     ship_hash = ship_hashes(cursor, plans)
     lookups = [hash_lookup(cursor, p) for p in plans]
-    if np.unique(ship_hash).size != ship_hash.size or any(lk is None for lk in lookups):
+    if distinct_count(ship_hash) != ship_hash.size or any(lk is None for lk in lookups):
         return None
     params = {"ships": ship_ids, "start": fresh_from or start, "end": end}
     from_where = f"""FROM {source_sql} s
@@ -709,7 +721,7 @@ class PivotResult:
         """Distinct timestamps written, over all parts."""
         if not self.parts:
             return 0
-        return int(np.unique(np.concatenate([p.ts for p in self.parts])).size)
+        return distinct_count(np.concatenate([p.ts for p in self.parts]))
 
 
 @dataclass
@@ -1018,19 +1030,35 @@ def _encode_full(fields: list[tuple[np.ndarray, np.ndarray, int]], texts: list[d
                  r0: int, r1: int) -> bytes:
     """Binary COPY rows r0..r1 whose fixed-width cells all have a value (a production ship's rows).
 
-    The fixed-width part of every row is laid out densely (no NULL to squeeze out), and each row
-    is joined with its few text cells: a Python step per text cell, none per fixed-width cell.
+    The fixed-width part of every row is laid out densely (no NULL to squeeze out), the text cells
+    of every row (length word and value, in column order) into one buffer by one scatter per text
+    column; then each row is joined from its two slices: a Python step per row, none per cell.
     """
-    dense = _encode_dense(fields, [], r0, r1, extra_fields=len(texts))
-    width = len(dense) // (r1 - r0)
-    null = struct.pack(">i", -1)
-    pieces: list[bytes | memoryview] = []
-    view = memoryview(dense)
-    for r in range(r0, r1):
-        pieces.append(view[(r - r0) * width:(r - r0 + 1) * width])
-        for col in texts:
-            value = col.get(r)
-            pieces.append(null if value is None else struct.pack(">i", len(value)) + value)
+    nb = r1 - r0
+    dense = memoryview(_encode_dense(fields, [], r0, r1, extra_fields=len(texts)))
+    width = len(dense) // nb
+    lens = np.full((nb, len(texts)), -1, dtype=np.int64)  # a missing cell is a NULL: length -1, no bytes
+    for j, col in enumerate(texts):
+        if col:
+            lens[np.fromiter(col.keys(), dtype=np.int64, count=len(col)) - r0, j] = np.fromiter(
+                (len(v) for v in col.values()), dtype=np.int64, count=len(col))
+    cell = 4 + np.maximum(lens, 0)
+    row_start = np.concatenate(([0], np.cumsum(cell.sum(axis=1))))
+    cell_start = row_start[:-1, None] + np.cumsum(cell, axis=1) - cell
+    cells = np.empty(int(row_start[-1]), dtype=np.uint8)
+    cells[cell_start[:, :, None] + np.arange(4)] = lens.astype(">i4").view(np.uint8).reshape(nb, len(texts), 4)
+    for j, col in enumerate(texts):
+        if col:
+            rows = np.fromiter(col.keys(), dtype=np.int64, count=len(col)) - r0
+            n = lens[rows, j]
+            inner = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+            cells[np.repeat(cell_start[rows, j] + 4, n) + inner] = np.frombuffer(b"".join(col.values()), np.uint8)
+    text_view = memoryview(cells.tobytes())
+    bounds = row_start.tolist()
+    pieces: list[memoryview] = []
+    for r in range(nb):
+        pieces.append(dense[r * width:(r + 1) * width])
+        pieces.append(text_view[bounds[r]:bounds[r + 1]])
     return b"".join(pieces)
 
 

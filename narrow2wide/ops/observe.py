@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING
 
 from narrow2wide.db.runtime import Runtime
-from narrow2wide.ops.backfill_watch import BackfillWatch
-from narrow2wide.ops.metrics import CycleFigures, Health, MetricsServer, RunMetrics
+
+if TYPE_CHECKING:
+    from narrow2wide.ops.metrics import CycleFigures
 
 WATCH_EVERY = 2.0  # seconds between reads of the ledger and the hold log
 
@@ -26,6 +28,10 @@ def observed_run(rt: Runtime, port: int | None, host: str, ship_ids: tuple[str, 
     if port is None:
         yield None
         return
+    # only with a port: prometheus-client and the stdlib's HTTP server are 14 ms of every start
+    from narrow2wide.ops.backfill_watch import BackfillWatch
+    from narrow2wide.ops.metrics import Health, MetricsServer, RunMetrics
+
     metrics = RunMetrics.create()
     health = (Health(realtime_interval, "realtime cycle") if realtime_interval is not None
               else Health(WATCH_EVERY, "poll of the target database"))

@@ -13,11 +13,11 @@ Realtime is never throttled: freshness comes first.
 from __future__ import annotations
 
 import logging
-import multiprocessing.sharedctypes
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -29,6 +29,9 @@ from narrow2wide.db.runtime import Runtime
 from narrow2wide.store.chunk_ledger import worker_name
 from narrow2wide.store.hold_log import PAUSED, RATE_CAPPED, REASONS, THROTTLED, HoldLog
 from narrow2wide.store.pause_flags import PauseFlags, paused_since
+
+if TYPE_CHECKING:  # the shared counter's type; the module itself loads ctypes
+    import multiprocessing.sharedctypes
 
 log = logging.getLogger("throttle")
 
