@@ -26,6 +26,7 @@ from narrow2wide.db.database import qi, qualified
 from narrow2wide.db.narrow_source import SourceTable
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.demo.demo_data import DemoChannel, DemoSpec, demo_channels, insert_rows
+from narrow2wide.ops.throttle import ThrottleSettings
 from narrow2wide.store.chunk_ledger import ChunkLedger
 from realtime_processor import RealtimeOptions, run_realtime
 from schema_analyzer import analyze_source
@@ -446,7 +447,11 @@ def test_realtime_first_then_backfill_to_its_cutoff_with_a_writer_is_exact(runti
     try:
         writer.wait_for(1)
         before_backfill = writer.batches
-        backfill = run_backfill(runtime, (), _opts(chunk_hours=1))  # no cutoff given: the stored ones
+        # no cutoff given: the stored ones. Capped at 10,000 rows/s (the history is 33,000 rows), so the
+        # backfill lasts several of the writer's batches however fast the machine: the test is about writes
+        # that land while it runs
+        capped = ThrottleSettings(max_rows_per_second=10_000)
+        backfill = run_backfill(runtime, (), _opts(chunk_hours=1, throttle=capped))
         during = writer.batches - before_backfill
         writer.wait_for(writer.batches + 3)  # and after it, one of them with a late tick
     finally:
