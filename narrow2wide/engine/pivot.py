@@ -326,7 +326,7 @@ def _tick_fields(ticks: list[tuple[int, int]], counts: list[list[int]], packed: 
     """The batch fields of the tick records, per format (the other value columns zero); ``ship`` only
     for a fleet read."""
     times = np.array([t for t, _ in ticks], dtype=np.int64)
-    ships = np.array([sh for _, sh in ticks], dtype=np.int64)
+    ships = np.array([sh for _, sh in ticks], dtype=np.int64) if with_ship else None
     order = np.argsort(times, kind="stable")  # ticks come in the server's hash order; sorted, the pivot need not sort
     groups = []
     for k, (fmt, _, _, dtype) in enumerate(TICK_FORMATS):
@@ -343,7 +343,7 @@ def _tick_fields(ticks: list[tuple[int, int]], counts: list[list[int]], packed: 
             "d": values.astype(np.float64) if fmt == FMT_DECIMAL else np.zeros(n, dtype=np.float64),
             "l": values.astype(np.int64) if fmt == FMT_INTEGER else np.zeros(n, dtype=np.int64),
         })
-        if with_ship:
+        if ships is not None:
             groups[-1]["ship"] = np.repeat(ships[order], n_of)
     return {key: np.concatenate([g[key] for g in groups]) for key in groups[0]}
 
@@ -971,6 +971,13 @@ _BE = {KIND_DOUBLE: ">f8", KIND_BIGINT: ">i8", KIND_BOOL: "u1"}
 _DENSE_TEXT_MAX = 512  # widest text cell (bytes) laid out densely; a block with a wider one takes the general path
 
 
+def _byte_positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """The buffer position of every byte of values of ``lens`` bytes each, the i-th laid out from ``starts[i]``:
+    where the values' bytes, joined in the same order, go in one scatter."""
+    inner = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+    return np.repeat(starts, lens) + inner
+
+
 def _encode_dense(fields: list[tuple[np.ndarray, np.ndarray, int]], texts: list[dict[int, bytes]],
                   r0: int, r1: int, extra_fields: int = 0) -> bytes:
     """Binary COPY rows r0..r1: a dense layout, then one boolean compress.
@@ -1016,9 +1023,7 @@ def _encode_dense(fields: list[tuple[np.ndarray, np.ndarray, int]], texts: list[
             if col:
                 rows = np.fromiter(col.keys(), dtype=np.int64, count=len(col)) - r0
                 row_len[rows] = lens
-                starts = np.cumsum(lens) - lens
-                inner = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(starts, lens)
-                where = np.repeat(rows * width + off + 4, lens) + inner
+                where = _byte_positions(rows * width + off + 4, lens)
                 flat[where] = np.frombuffer(b"".join(col.values()), dtype=np.uint8)
                 keep_flat[where] = True
             dense[:, off:off + 4] = row_len.astype(">i4").view(np.uint8).reshape(nb, 4)
@@ -1037,22 +1042,19 @@ def _encode_full(fields: list[tuple[np.ndarray, np.ndarray, int]], texts: list[d
     nb = r1 - r0
     dense = memoryview(_encode_dense(fields, [], r0, r1, extra_fields=len(texts)))
     width = len(dense) // nb
+    rows_of = [np.fromiter(col.keys(), dtype=np.int64, count=len(col)) - r0 for col in texts]
     lens = np.full((nb, len(texts)), -1, dtype=np.int64)  # a missing cell is a NULL: length -1, no bytes
-    for j, col in enumerate(texts):
-        if col:
-            lens[np.fromiter(col.keys(), dtype=np.int64, count=len(col)) - r0, j] = np.fromiter(
-                (len(v) for v in col.values()), dtype=np.int64, count=len(col))
+    for j, (col, rows) in enumerate(zip(texts, rows_of, strict=True)):
+        lens[rows, j] = np.fromiter((len(v) for v in col.values()), dtype=np.int64, count=len(col))
     cell = 4 + np.maximum(lens, 0)
     row_start = np.concatenate(([0], np.cumsum(cell.sum(axis=1))))
     cell_start = row_start[:-1, None] + np.cumsum(cell, axis=1) - cell
     cells = np.empty(int(row_start[-1]), dtype=np.uint8)
     cells[cell_start[:, :, None] + np.arange(4)] = lens.astype(">i4").view(np.uint8).reshape(nb, len(texts), 4)
-    for j, col in enumerate(texts):
+    for j, (col, rows) in enumerate(zip(texts, rows_of, strict=True)):
         if col:
-            rows = np.fromiter(col.keys(), dtype=np.int64, count=len(col)) - r0
-            n = lens[rows, j]
-            inner = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
-            cells[np.repeat(cell_start[rows, j] + 4, n) + inner] = np.frombuffer(b"".join(col.values()), np.uint8)
+            where = _byte_positions(cell_start[rows, j] + 4, lens[rows, j])
+            cells[where] = np.frombuffer(b"".join(col.values()), dtype=np.uint8)
     text_view = memoryview(cells.tobytes())
     bounds = row_start.tolist()
     pieces: list[memoryview] = []
