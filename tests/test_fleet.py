@@ -22,10 +22,13 @@ from sqlalchemy.engine import Connection, Engine
 from cutoff_store import CutoffStore
 from data_migrator import BackfillOptions, migration_status, run_backfill
 from narrow2wide.checks.validator import validate
-from narrow2wide.db.database import qi, qualified
-from narrow2wide.db.narrow_source import SourceTable
+from narrow2wide.common.errors import SchemaError
+from narrow2wide.db.database import qi, qualified, raw_cursor
+from narrow2wide.db.narrow_source import SourceTable, begin_snapshot_read
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.demo.demo_data import DemoChannel, DemoSpec, demo_channels, insert_rows
+from narrow2wide.engine.pivot import PivotPlan, channels_serve_the_read, read_window
+from narrow2wide.engine.window_migrator import ShipPlanCache
 from narrow2wide.ops.throttle import ThrottleSettings
 from narrow2wide.store.chunk_ledger import ChunkLedger
 from realtime_processor import RealtimeOptions, run_realtime
@@ -34,6 +37,7 @@ from table_creator import create_tables
 from tests.wide_check import compare
 
 FLEET = ("IMO9301234", "IMO9876543", "IMO9512087", "IMO9700011", "IMO9123450")
+MANY_SHIPS = FLEET + tuple(f"IMO96000{k:02d}" for k in range(10))  # ship i sends the first 16 - i channels
 OFFLINE_SHIP = "IMO9700011"  # its link is down for half an hour in the middle of the history
 CHANNELS = 16  # ship i sends the first CHANNELS - i of them: five different layouts
 SLICE = timedelta(minutes=5)  # the collector's insert slices
@@ -309,6 +313,88 @@ def test_backfill_of_a_subset_leaves_the_other_ships_alone_until_their_turn(runt
     assert rest.rows_read == sum(source_rows(runtime, s) for s in others)
     assert_exact(runtime, FLEET)
     assert validate(runtime).ok
+
+
+def _hostile_rows(runtime: Runtime, ship: str, plan: PivotPlan, at: datetime) -> int:
+    """Rows off the 15 s grid that take every turn of a window read; returns how many the pivot rejects.
+
+    A String value in a numeric channel and a NULL format there (rejects), a Decimal row in a text
+    channel (a text cell) and a NULL format there (a reject, read by the text read).
+    """
+    numeric = plan.numeric_channels[0]
+    textual = plan.channels[plan.text_indexes[0]]
+    rows = [(numeric, 1, "String", None, "not a number"), (numeric, 2, None, 2.5, None),
+            (textual, 3, "Decimal", 1.5, None), (textual, 4, None, None, "orphan")]
+    with runtime.dbs.source.begin() as conn:
+        for channel, second, fmt, double, string in rows:
+            conn.execute(text(f"INSERT INTO {runtime.source.sql} (ship_id, data_channel_id, created_time, "
+                              "value_format, double_v, str_v) VALUES (:s, :c, :t, :f, :d, :v)"),
+                         {"s": ship, "c": channel, "t": at + timedelta(seconds=second), "f": fmt, "d": double,
+                          "v": string})
+        conn.execute(text(f"ANALYZE {runtime.source.sql}"))
+    return 3
+
+
+def _read_both_ways(runtime: Runtime, plan: PivotPlan, start: datetime, end: datetime) -> tuple[bool, list, list]:
+    """In one snapshot: whether the planner serves the window by the channel list, and the window's rows
+    read with the list and without it (numeric and text rows, sorted)."""
+    with runtime.dbs.source.connect() as conn:
+        begin_snapshot_read(conn)
+        cursor = raw_cursor(conn)
+        by_channel = channels_serve_the_read(cursor, runtime.source.sql, plan, start, end)
+        reads = []
+        for with_list in (True, False):
+            b = read_window(cursor, runtime.source.sql, plan, start, end, by_channel=with_list)
+            reads.append((sorted(zip(b.ts.tolist(), b.idx.tolist(), b.fmt.tolist(), b.nulls.tolist(), b.d.tolist(),
+                                     b.l.tolist(), b.b.tolist(), strict=True)),
+                          sorted(zip(b.text_ts.tolist(), b.text_idx.tolist(), b.text_fmt.tolist(), b.text_values,
+                                     strict=True))))
+        conn.rollback()
+    return by_channel, reads[0], reads[1]
+
+
+def test_in_a_fleet_a_ship_is_read_through_its_channel_list_and_without_it_the_rows_are_the_same(runtime):
+    fleet = make_fleet(runtime, hours=2, end=FIXED_END, ships=MANY_SHIPS)
+    ship = fleet.ships[0]
+    plan = _plan(runtime, ship)
+    _hostile_rows(runtime, ship, plan, fleet.start + timedelta(minutes=30))
+    by_channel, with_list, without = _read_both_ways(runtime, plan, fleet.start, fleet.start + timedelta(hours=1))
+    assert by_channel  # the primary key, one range per channel: this ship's rows only
+    assert without == with_list and len(with_list[0]) > 0 and len(with_list[1]) > 0
+
+
+def test_a_ship_alone_is_read_without_its_channel_list_with_the_same_rows_and_exact_cells(runtime):
+    fleet = make_fleet(runtime, hours=2, end=FIXED_END, ships=FLEET[:1])
+    ship = fleet.ships[0]
+    plan = _plan(runtime, ship)
+    rejects = _hostile_rows(runtime, ship, plan, fleet.start + timedelta(minutes=30))
+    by_channel, with_list, without = _read_both_ways(runtime, plan, fleet.start, fleet.start + timedelta(hours=1))
+    assert not by_channel  # by created_time: the list would only filter every row
+    assert without == with_list and len(with_list[0]) > 0 and len(with_list[1]) > 0
+    result = run_backfill(runtime, (), _opts(cutoff_time=str(FIXED_END), chunk_hours=1))
+    assert not result.failed_chunks
+    assert result.rows_read == source_rows(runtime, ship)
+    assert [s.rejected for s in result.ships] == [rejects]
+    assert_exact(runtime, [ship])
+
+
+def test_a_read_without_the_channel_list_fails_on_a_channel_the_plan_lacks_rather_than_lose_its_rows(runtime):
+    fleet = make_fleet(runtime, hours=1, end=FIXED_END, ships=FLEET[:1])
+    ship = fleet.ships[0]
+    plan = _plan(runtime, ship)
+    with runtime.dbs.source.begin() as conn:
+        conn.execute(text(f"INSERT INTO {runtime.source.sql} (ship_id, data_channel_id, created_time, double_v, "
+                          "value_format) VALUES (:s, :c, :t, 1.5, 'Decimal')"), {"s": ship, "c": NEW_CHANNEL,
+                                                                                  "t": fleet.start})
+    with runtime.dbs.source.connect() as conn:
+        begin_snapshot_read(conn)
+        with pytest.raises(SchemaError, match="1 row"):
+            read_window(raw_cursor(conn), runtime.source.sql, plan, fleet.start, fleet.end, by_channel=False)
+
+
+def _plan(runtime: Runtime, ship: str) -> PivotPlan:
+    with runtime.dbs.target.connect() as conn:
+        return ShipPlanCache(runtime).get(conn, ship)
 
 
 # ----------------------------------------------------------------------------------------------

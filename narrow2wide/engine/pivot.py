@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import struct
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
+from narrow2wide.common.errors import SchemaError
 from narrow2wide.common.fits import BIGINT_END, BIGINT_MIN
 from narrow2wide.common.model import ShipSchema
 from narrow2wide.db.narrow_source import ship_read_settings
@@ -400,7 +402,8 @@ def _map_hashes(row_hash: np.ndarray, lookup: tuple[np.ndarray, np.ndarray]) -> 
 
 
 def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: datetime,
-                order_by: str | None = None, copy_out: Callable[[str], memoryview] | None = None) -> NarrowBatch:
+                order_by: str | None = None, copy_out: Callable[[str], memoryview] | None = None,
+                by_channel: bool = True) -> NarrowBatch:
     """COPY the rows of ``plan``'s channels of ``plan.ship_id`` with ``start <= created_time < end`` out of the source.
 
     ``cursor`` is a psycopg2 cursor on the source; ``source_sql`` the quoted table name.
@@ -423,17 +426,22 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
     mapped to the channel index by a sorted-array search; when two of the plan's channels share a
     hash (never seen; 2^-64 per pair) the read falls back to joining every row against the
     channel list.
+
+    ``by_channel=False`` (when :func:`channels_serve_the_read` says the planner does not use the
+    list) leaves the channel list out of the query and drops the text channels' rows here; only
+    for a caller that has made sure, in the read's snapshot, that the window holds no channel the
+    plan lacks (:func:`window_migrator.unknown_channels_in`).
     """
     params = {"ship": plan.ship_id, "start": start, "end": end, "chs": plan.numeric_channels}
     order_sql = f" ORDER BY {order_by}" if order_by else ""  # only for sources without a unique key
     lookup = hash_lookup(cursor, plan)
-    where = """WHERE s.ship_id = %(ship)s AND s.data_channel_id = ANY(%(chs)s::text[])
-              AND s.created_time >= %(start)s AND s.created_time < %(end)s"""
+    by_channel = by_channel or lookup is None  # the join fallback matches rows to channels by the list
+    where = _window_where(by_channel)
     if not params["chs"]:
         fields, size = _empty_fields("idx"), 0
     elif copy_out is None:  # here, on this connection: the planner settings around the read
         with ship_read_settings(cursor):
-            return read_window(cursor, source_sql, plan, start, end, order_by, _local_copy_out(cursor))
+            return read_window(cursor, source_sql, plan, start, end, order_by, _local_copy_out(cursor), by_channel)
     elif lookup is not None and order_by is None:
         fields, size = _read_ticks(cursor, f"FROM {source_sql} s {where}", params, lookup, copy_out)
     elif lookup is not None:  # a source without a unique key: the rows themselves, in the duplicate order
@@ -447,11 +455,69 @@ def read_window(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: 
             {where}""" + order_sql
         join = dict(params, all=list(plan.channels), idx=list(range(len(plan.channels))))
         fields, size = _copy_out(cursor, numeric, join, ROW_DTYPE, ("idx",), copy_out)
+    if not by_channel:
+        fields = _numeric_rows(plan, fields)
     batch = NarrowBatch(**fields, bytes_read=size, may_repeat=order_by is not None)
     if plan.text_indexes:
         text_rows = _read_text_rows(cursor, source_sql, [plan], start, end, order_by, copy_out)
         _attach_text(batch, text_rows, np.arange(text_rows[0].size))
     return batch
+
+
+def _window_where(by_channel: bool) -> str:
+    """The condition of one ship's window read, with or without its channel list."""
+    channels = " AND s.data_channel_id = ANY(%(chs)s::text[])" if by_channel else ""
+    return f"WHERE s.ship_id = %(ship)s{channels} AND s.created_time >= %(start)s AND s.created_time < %(end)s"
+
+
+def channels_serve_the_read(cursor, source_sql: str, plan: PivotPlan, start: datetime, end: datetime) -> bool:
+    """Whether the planner reads ``plan.ship_id``'s rows of ``[start, end)`` through its channel list.
+
+    The list is in :func:`read_window`'s condition for the primary key: in a fleet table it lets
+    the read touch this ship's rows only, one index range per channel. When the planner takes the
+    created_time index or a sequential scan instead (the ship is alone in its table, or most of
+    it), the list is only a filter: a hash probe of every row's channel text, about an eighth of
+    the read's server time. Then :func:`read_window` is better off without it (``by_channel``).
+    One ``EXPLAIN`` under the read's planner settings; a window whose blocks are all alike needs one.
+    """
+    if not plan.numeric_channels or hash_lookup(cursor, plan) is None:
+        return True
+    query = f"EXPLAIN (FORMAT JSON) SELECT {_tick_sql(False)} FROM {source_sql} s {_window_where(True)} " \
+            "GROUP BY s.created_time"
+    with ship_read_settings(cursor):
+        cursor.execute(query, {"ship": plan.ship_id, "start": start, "end": end, "chs": plan.numeric_channels})
+        (doc,) = cursor.fetchone()
+    return any("data_channel_id" in cond for cond in _index_conditions(json.loads(doc) if isinstance(doc, str)
+                                                                        else doc))
+
+
+def _index_conditions(node: object) -> list[str]:
+    """Every ``Index Cond`` of an ``EXPLAIN (FORMAT JSON)`` plan."""
+    if isinstance(node, list):
+        return [c for item in node for c in _index_conditions(item)]
+    if not isinstance(node, dict):
+        return []
+    found = [node["Index Cond"]] if "Index Cond" in node else []
+    return found + _index_conditions(node.get("Plan", [])) + _index_conditions(node.get("Plans", []))
+
+
+def _numeric_rows(plan: PivotPlan, fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``fields`` (a read without the channel list) without the rows of text channels: those come from
+    their own read. A row of a channel the plan lacks cannot be there (the caller checked the read's
+    snapshot); should one be, the read fails rather than lose it."""
+    idx = fields["idx"]
+    strays = int(np.count_nonzero(idx < 0))
+    if strays:
+        raise SchemaError(f"ship {plan.ship_id}: the window read found {strays} row(s) of channels without a "
+                          "column; run the step again (it adds their columns first)")
+    text_at = np.flatnonzero(plan.kind[idx] == KIND_TEXT)
+    if text_at.size == 0:
+        return fields
+    if text_at.size == idx.size - text_at[0]:  # all at the end (String records come last): no copy
+        return {key: values[:text_at[0]] for key, values in fields.items()}
+    keep = np.ones(idx.size, dtype=bool)
+    keep[text_at] = False
+    return {key: values[keep] for key, values in fields.items()}
 
 
 def _read_ticks(cursor, from_where: str, params: dict, lookup: tuple[np.ndarray, np.ndarray],

@@ -38,6 +38,7 @@ from narrow2wide.engine.pivot import (
     PivotPlan,
     PivotResult,
     Rejects,
+    channels_serve_the_read,
     drop_unchanged,
     encode_copy,
     hash_lookup,
@@ -249,6 +250,10 @@ def migrate_window(
     tally = WindowTally(plan, start, end)
     order_by = rt.source.duplicate_order(source_conn)  # None (no sort) when a unique key rules out duplicates
     hash_lookup(cursor, plan)  # asked here, once, before reader threads could ask it together
+    by_channel = channels_serve_the_read(cursor, rt.source.sql, plan, *max(blocks, key=lambda b: b[1] - b[0]))
+    if not by_channel:
+        log.debug("ship %s: the planner reads [%s, %s) by created_time; read without the channel list",
+                  plan.ship_id, start, end)
     if readers:
         snapshot = readers[0].export_snapshot(source_conn)
         outs = [partial(r.copy_out, snapshot) for r in readers]
@@ -256,7 +261,7 @@ def migrate_window(
         outs = [None]  # one reader thread on this connection
 
     def read(k: int) -> NarrowBatch:
-        return read_window(cursor, rt.source.sql, plan, *blocks[k], order_by, outs[k % len(outs)])
+        return read_window(cursor, rt.source.sql, plan, *blocks[k], order_by, outs[k % len(outs)], by_channel)
 
     with ThreadPoolExecutor(max_workers=len(outs), thread_name_prefix="window-reader") as pool:
         pending = {k: pool.submit(read, k) for k in range(min(len(outs), len(blocks)))}
