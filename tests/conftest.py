@@ -88,6 +88,18 @@ def runtime(settings, engine) -> Runtime:
 
 
 @pytest.fixture
+def ship_plan(runtime):
+    """``ship_plan(ship)``: the ship's pivot plan, as the migrator builds it from the wide tables' metadata."""
+    from narrow2wide.engine.window_migrator import ShipPlanCache
+
+    def make(ship: str):
+        with runtime.dbs.target.connect() as conn:
+            return ShipPlanCache(runtime).get(conn, ship)
+
+    return make
+
+
+@pytest.fixture
 def cli_env(settings) -> dict[str, str]:
     """Environment variables that make the CLI use this test's schemas."""
     return {

@@ -15,7 +15,7 @@ from data_migrator import BackfillOptions, DataMigrator, migration_status, run_b
 from narrow2wide.checks.validator import validate
 from narrow2wide.common.errors import CutoffConflict
 from narrow2wide.db.database import qi, qualified
-from narrow2wide.engine.window_migrator import ShipPlanCache, UnknownChannels, migrate_window
+from narrow2wide.engine.window_migrator import UnknownChannels, migrate_window
 from narrow2wide.store.chunk_ledger import ChunkLedger
 from tests.cli_procs import invoke_cli
 from tests.wide_check import compare, wide_snapshot
@@ -307,11 +307,11 @@ def test_ledger_records_each_chunk_once(runtime, prepared):
                            for h in (18, 20, 22)]
 
 
-def test_the_join_read_for_colliding_channel_hashes_gives_the_same_cells(runtime, prepared):
+def test_the_join_read_for_colliding_channel_hashes_gives_the_same_cells(runtime, prepared, ship_plan):
     """Should two channel ids share a 64-bit hash, the read joins on the ids instead; the cells are the same."""
     seed = prepared(ships=1, channels=8, offline_hours=0)
     ship = seed.ship_ids[0]
-    plan = _plan(runtime, ship)
+    plan = ship_plan(ship)
     plan.hash_lookup, plan.hashes_known = None, True  # what hash_lookup leaves after a collision
     with runtime.dbs.source.connect() as sconn, runtime.dbs.target.connect() as tconn, tconn.begin():
         result = migrate_window(runtime, sconn, tconn, plan, seed.start, seed.end)
@@ -320,11 +320,11 @@ def test_the_join_read_for_colliding_channel_hashes_gives_the_same_cells(runtime
     assert diff.exact and diff.actual > 0, diff
 
 
-def test_a_channel_unknown_to_the_plan_stops_the_window_and_is_named(runtime, prepared):
+def test_a_channel_unknown_to_the_plan_stops_the_window_and_is_named(runtime, prepared, ship_plan):
     """Rows of a channel that appeared after the plan was made are never written to a wrong column."""
     seed = prepared(ships=1, channels=6, offline_hours=0)
     ship = seed.ship_ids[0]
-    plan = _plan(runtime, ship)
+    plan = ship_plan(ship)
     with runtime.dbs.source.begin() as conn:
         conn.execute(text(f"INSERT INTO {runtime.source.sql} (ship_id, data_channel_id, created_time, double_v, "
                           "value_format) VALUES (:s, 'late/arrival', '2024-10-01 20:00:00', 1.5, 'Decimal')"),
@@ -333,9 +333,3 @@ def test_a_channel_unknown_to_the_plan_stops_the_window_and_is_named(runtime, pr
         with pytest.raises(UnknownChannels) as caught:
             migrate_window(runtime, sconn, tconn, plan, seed.start, seed.end)
     assert caught.value.channels == ["late/arrival"]
-
-
-def _plan(runtime, ship: str):
-    """The ship's pivot plan, as the migrator builds it."""
-    with runtime.dbs.target.connect() as conn:
-        return ShipPlanCache(runtime).get(conn, ship)

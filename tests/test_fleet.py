@@ -28,7 +28,6 @@ from narrow2wide.db.narrow_source import SourceTable, begin_snapshot_read
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.demo.demo_data import DemoChannel, DemoSpec, demo_channels, insert_rows
 from narrow2wide.engine.pivot import PivotPlan, channels_serve_the_read, read_window
-from narrow2wide.engine.window_migrator import ShipPlanCache
 from narrow2wide.ops.throttle import ThrottleSettings
 from narrow2wide.store.chunk_ledger import ChunkLedger
 from realtime_processor import RealtimeOptions, run_realtime
@@ -353,20 +352,20 @@ def _read_both_ways(runtime: Runtime, plan: PivotPlan, start: datetime, end: dat
     return by_channel, reads[0], reads[1]
 
 
-def test_in_a_fleet_a_ship_is_read_through_its_channel_list_and_without_it_the_rows_are_the_same(runtime):
+def test_in_a_fleet_a_ship_is_read_through_its_channel_list_and_without_it_the_rows_are_the_same(runtime, ship_plan):
     fleet = make_fleet(runtime, hours=2, end=FIXED_END, ships=MANY_SHIPS)
     ship = fleet.ships[0]
-    plan = _plan(runtime, ship)
+    plan = ship_plan(ship)
     _hostile_rows(runtime, ship, plan, fleet.start + timedelta(minutes=30))
     by_channel, with_list, without = _read_both_ways(runtime, plan, fleet.start, fleet.start + timedelta(hours=1))
     assert by_channel  # the primary key, one range per channel: this ship's rows only
     assert without == with_list and len(with_list[0]) > 0 and len(with_list[1]) > 0
 
 
-def test_a_ship_alone_is_read_without_its_channel_list_with_the_same_rows_and_exact_cells(runtime):
+def test_a_ship_alone_is_read_without_its_channel_list_with_the_same_rows_and_exact_cells(runtime, ship_plan):
     fleet = make_fleet(runtime, hours=2, end=FIXED_END, ships=FLEET[:1])
     ship = fleet.ships[0]
-    plan = _plan(runtime, ship)
+    plan = ship_plan(ship)
     rejects = _hostile_rows(runtime, ship, plan, fleet.start + timedelta(minutes=30))
     by_channel, with_list, without = _read_both_ways(runtime, plan, fleet.start, fleet.start + timedelta(hours=1))
     assert not by_channel  # by created_time: the list would only filter every row
@@ -378,10 +377,11 @@ def test_a_ship_alone_is_read_without_its_channel_list_with_the_same_rows_and_ex
     assert_exact(runtime, [ship])
 
 
-def test_a_read_without_the_channel_list_fails_on_a_channel_the_plan_lacks_rather_than_lose_its_rows(runtime):
+def test_a_read_without_the_channel_list_fails_on_a_channel_the_plan_lacks_rather_than_lose_its_rows(
+        runtime, ship_plan):
     fleet = make_fleet(runtime, hours=1, end=FIXED_END, ships=FLEET[:1])
     ship = fleet.ships[0]
-    plan = _plan(runtime, ship)
+    plan = ship_plan(ship)
     with runtime.dbs.source.begin() as conn:
         conn.execute(text(f"INSERT INTO {runtime.source.sql} (ship_id, data_channel_id, created_time, double_v, "
                           "value_format) VALUES (:s, :c, :t, 1.5, 'Decimal')"), {"s": ship, "c": NEW_CHANNEL,
@@ -390,11 +390,6 @@ def test_a_read_without_the_channel_list_fails_on_a_channel_the_plan_lacks_rathe
         begin_snapshot_read(conn)
         with pytest.raises(SchemaError, match="1 row"):
             read_window(raw_cursor(conn), runtime.source.sql, plan, fleet.start, fleet.end, by_channel=False)
-
-
-def _plan(runtime: Runtime, ship: str) -> PivotPlan:
-    with runtime.dbs.target.connect() as conn:
-        return ShipPlanCache(runtime).get(conn, ship)
 
 
 # ----------------------------------------------------------------------------------------------

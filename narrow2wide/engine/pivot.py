@@ -115,6 +115,11 @@ def _tick_sql(with_ship: bool) -> str:
         f"FILTER (WHERE s.value_format = '{name}')" for _, name, image, _ in TICK_FORMATS)
 
 
+def _tick_query(from_where: str, with_ship: bool = False) -> str:
+    """The tick read of ``from_where`` (``FROM ... WHERE ...`` of alias ``s``): one row per created_time [and ship]."""
+    return f"SELECT {_tick_sql(with_ship)} {from_where} GROUP BY s.created_time" + (", s.ship_id" if with_ship else "")
+
+
 @dataclass(frozen=True)
 class PartColumns:
     """The columns of one wide table, grouped by type, in the order the pivot fills them."""
@@ -482,8 +487,7 @@ def channels_serve_the_read(cursor, source_sql: str, plan: PivotPlan, start: dat
     """
     if not plan.numeric_channels or hash_lookup(cursor, plan) is None:
         return True
-    query = f"EXPLAIN (FORMAT JSON) SELECT {_tick_sql(False)} FROM {source_sql} s {_window_where(True)} " \
-            "GROUP BY s.created_time"
+    query = "EXPLAIN (FORMAT JSON) " + _tick_query(f"FROM {source_sql} s {_window_where(True)}")
     with ship_read_settings(cursor):
         cursor.execute(query, {"ship": plan.ship_id, "start": start, "end": end, "chs": plan.numeric_channels})
         (doc,) = cursor.fetchone()
@@ -525,7 +529,7 @@ def _read_ticks(cursor, from_where: str, params: dict, lookup: tuple[np.ndarray,
     """The rows of ``from_where`` packed by tick (:func:`_tick_sql`); ticks with a row in no record
     (unknown format, NULL value: rejects, rare) are read again row by row."""
     run = copy_out or _local_copy_out(cursor)
-    query = f"SELECT {_tick_sql(False)} {from_where} GROUP BY s.created_time"
+    query = _tick_query(from_where)
     fields, again, size = _decode_ticks(run(_copy_sql(cursor, query, params)))
     if again:
         log.debug("%d tick(s) with a row in no record (a reject): read again row by row", len(again))
@@ -646,7 +650,7 @@ def _text_rows_in(text_rows: tuple, fresh_us: int, again: set[tuple[int, int]], 
 def _read_fleet_ticks(cursor, from_where: str, params: dict) -> tuple[dict[str, np.ndarray], int]:
     """The rows of ``from_where`` packed by tick and ship; the (tick, ship) pairs with a row in no
     record (unknown format, NULL value: rejects, rare) are read again row by row."""
-    query = f"SELECT {_tick_sql(True)} {from_where} GROUP BY s.created_time, s.ship_id"
+    query = _tick_query(from_where, with_ship=True)
     fields, again, size = _decode_ticks(copy_binary(cursor, query, params), with_ship=True)
     if again:
         log.debug("%d (tick, ship) pair(s) with a row in no record (a reject): read again row by row", len(again))
