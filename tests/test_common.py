@@ -116,3 +116,26 @@ def test_cut_window_repeats_the_last_step_and_ends_at_the_end():
     pieces = cut_window(t0, t0 + 3 * hour, steps)
     assert [b - a for a, b in pieces] == [hour / 4, hour / 2, hour, hour, hour / 4]
     assert cut_window(t0, t0, [hour]) == []
+
+
+@pytest.mark.parametrize("hours", [0.25, 0.5, 1, 1.5, 2, 3, 6, 24, 25, 168])
+def test_a_windows_read_blocks_cover_it_exactly_and_ramp_up_and_down(hours):
+    from datetime import datetime, timedelta
+
+    from narrow2wide.engine.window_migrator import BLOCK_MIN, READ_BLOCKS, _blocks
+
+    start = datetime(2024, 1, 1)
+    end = start + timedelta(hours=hours)
+    blocks = _blocks(start, end, READ_BLOCKS)
+    assert blocks[0][0] == start and blocks[-1][1] == end
+    assert all(a < b for a, b in blocks) and all(blocks[i][1] == blocks[i + 1][0] for i in range(len(blocks) - 1))
+    assert all(a.second == 0 and a.microsecond == 0 for a, _ in blocks)  # whole minutes
+    sizes = [b - a for a, b in blocks]
+    if end - start <= 2 * BLOCK_MIN:
+        assert max(sizes) <= BLOCK_MIN
+        return
+    full = max(sizes)
+    assert len(blocks) <= READ_BLOCKS + 4
+    assert sizes[0] <= full / 4 and sizes[1] <= full / 2  # a short first read fills the pipeline
+    if end - start >= 3 * full:
+        assert sizes[-1] <= full / 4 and sizes[-2] <= full / 2  # and short last ones drain it

@@ -152,14 +152,22 @@ def unknown_channels_in(conn: Connection, source: SourceTable, plan: PivotPlan, 
 def _blocks(start: datetime, end: datetime, count: int) -> list[tuple[datetime, datetime]]:
     """``[start, end)`` cut into about ``count`` blocks of whole minutes (one block when short).
 
-    The first two blocks are a quarter and a half of the others: the worker waits for the first
-    block's read before it has anything to pivot, so a short one fills the pipeline sooner.
+    The first two blocks are a quarter and a half of the others, and so are the last two, in
+    reverse: the worker waits for the first block's read before it has anything to pivot, so a
+    short one fills the pipeline sooner; and what is left to pivot and write once the last read
+    is in is the last blocks, so short ones drain it sooner.
     """
     span = end - start
     step = max(span / count, BLOCK_MIN)
     minutes = max(1, round(step.total_seconds() / 60))
-    ramp = [max(1, minutes // 4), max(1, minutes // 2)] if span > 2 * BLOCK_MIN else []
-    return cut_window(start, end, [timedelta(minutes=m) for m in [*ramp, minutes]]) or [(start, end)]
+    full = timedelta(minutes=minutes)
+    if span <= 2 * BLOCK_MIN:
+        return cut_window(start, end, [full]) or [(start, end)]
+    quarter, half = timedelta(minutes=max(1, minutes // 4)), timedelta(minutes=max(1, minutes // 2))
+    tail = quarter + half
+    if span < 2 * tail + full:  # too short to ramp down as well
+        return cut_window(start, end, [quarter, half, full])
+    return cut_window(start, end - tail, [quarter, half, full]) + [(end - tail, end - quarter), (end - quarter, end)]
 
 
 class WindowTally:
