@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from config import Settings, redact_url
+from narrow2wide.common.config import psycopg2_url
 from narrow2wide.db.database import qi
 from narrow2wide.db.runtime import Runtime
 from table_creator import create_tables
@@ -42,7 +43,7 @@ def database_url(given: str | None) -> str | None:
     parsed = make_url(url)
     if parsed.drivername.split("+")[0] not in ("postgresql", "postgres"):
         raise SystemExit(f"not a PostgreSQL URL: {redact_url(url)}")
-    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return psycopg2_url(url)
 
 
 def make_settings(url: str | None, source_schema: str, target_schema: str, state_dir: Path) -> Settings:

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from bench.common import create_schemas, drop_schemas, make_settings  # noqa: E402
 from data_migrator import database_now, newest_wide_time  # noqa: E402
 from narrow2wide.checks.validator import validate  # noqa: E402
+from narrow2wide.common.config import psycopg2_url  # noqa: E402
 from narrow2wide.db.database import Databases, make_engine  # noqa: E402
 from narrow2wide.db.runtime import Runtime  # noqa: E402
 from narrow2wide.demo.demo_data import DemoSpec, LiveWriter, seed_demo  # noqa: E402
@@ -56,7 +57,7 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=0.25)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    url = args.database_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    url = psycopg2_url(args.database_url)
     engine = make_engine(url, "narrow-to-wide bench")
     tag = uuid.uuid4().hex[:8]
     src = f"bench_strat_src_{tag}"

@@ -75,3 +75,22 @@ def test_redact_url_hides_the_password():
     assert "s3cr3t" not in redact_url("postgresql://u:s3cr3t@h:5432/db")
     assert "***" in redact_url("postgresql://u:s3cr3t@h:5432/db")
     assert "s3cr3t" not in redact_url("postgresql://u:s3cr3t@[broken")
+
+
+def test_settings_built_in_code_with_a_bare_postgresql_url_run_on_psycopg2(settings):
+    # SQLAlchemy 2.1 gives a bare postgresql:// psycopg 3, which the tool does not use (nor install)
+    import dataclasses
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from narrow2wide.db.database import open_databases
+
+    bare = make_url(settings.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    dbs = open_databases(dataclasses.replace(settings, database_url=bare))
+    try:
+        assert dbs.source.dialect.driver == "psycopg2"
+        with dbs.source.connect() as conn:
+            assert conn.execute(text("SELECT current_database()")).scalar_one() == make_url(bare).database
+    finally:
+        dbs.source.dispose()

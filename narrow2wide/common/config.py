@@ -135,7 +135,17 @@ def _normalise_url(name: str, url: str, problems: list[str]) -> str | None:
     if backend not in ("postgresql", "postgres"):
         problems.append(f"{name} must point at PostgreSQL, got '{parsed.drivername}'")
         return None
-    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return psycopg2_url(url)
+
+
+def psycopg2_url(url: str) -> str:
+    """``url`` (a PostgreSQL URL) naming psycopg2 as its driver: the tool reads and writes with its COPY.
+
+    A bare ``postgresql://`` would otherwise take SQLAlchemy's default driver (psycopg 3 from 2.1 on).
+    """
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
 
 
 def _positive_int(name: str, raw: str, problems: list[str], minimum: int = 1) -> int:

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from narrow2wide.common.config import Settings, redact_url
+from narrow2wide.common.config import Settings, psycopg2_url, redact_url
 from narrow2wide.common.errors import DatabaseUnavailable, one_line
 
 log = logging.getLogger("database")  # the name the log file has always shown
@@ -66,16 +66,16 @@ def start_embedded(pgdata: Path) -> str:
         ) from exc
     uri = server.get_uri()
     log.info("no DATABASE_URL set: using the embedded PostgreSQL in %s", pgdata)
-    return uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+    return psycopg2_url(uri)
 
 
 APP_NAME = "narrow-to-wide"  # every session of the tool has an application_name that starts with this
 
 
 def make_engine(url: str, application_name: str = APP_NAME) -> Engine:
-    """An engine for ``url`` with sane defaults for long COPY-heavy work."""
+    """An engine for ``url`` (on psycopg2, whatever driver it names) with sane defaults for long COPY-heavy work."""
     return create_engine(
-        url,
+        psycopg2_url(url),
         pool_pre_ping=True,
         pool_use_lifo=True,  # the same few sessions serve every cycle: their merge stages and plans stay warm
         pool_size=3,  # realtime's working set: the lock session, a source read and a target write
