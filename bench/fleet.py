@@ -334,9 +334,7 @@ class SeededCase:
     end: datetime
     start: datetime
     analysis: Any
-    passes: list[float] = field(default_factory=list)
-    raw_passes: list[float] = field(default_factory=list)
-    result: Any = None
+    result: Any = None  # of the fastest backfill pass
 
 
 def seed_case(bench: Bench, name: str, kind: str, spec: FleetSpec) -> SeededCase:
@@ -356,15 +354,16 @@ def time_pass(s: SeededCase) -> None:
     case = s.case
     case.ship_rows, raw_seconds, size = raw_copy(s.rt, s.start, s.end, case.ship_id, 1)
     case.raw_mb = round(size / 1e6, 1)
-    s.raw_passes.append(round(raw_seconds, 3))
-    if s.passes:
+    case.raw_copy_passes.append(round(raw_seconds, 3))
+    if case.backfill_passes:
         fresh_target(s.rt, s.analysis, (case.ship_id,))
     result, seconds = _timed(run_backfill, s.rt, (case.ship_id,),
                              BackfillOptions(cutoff_time=str(s.end), progress=False))
-    if s.result is None or seconds < min(s.passes):
+    if s.result is None or seconds < min(case.backfill_passes):
         s.result = result
-    s.passes.append(round(seconds, 3))
-    log.info("%s: backfill pass %d: %.2f s (raw COPY %.2f s)", case.name, len(s.passes), seconds, raw_seconds)
+    case.backfill_passes.append(round(seconds, 3))
+    log.info("%s: backfill pass %d: %.2f s (raw COPY %.2f s)", case.name, len(case.backfill_passes), seconds,
+             raw_seconds)
 
 
 def finish_case(bench: Bench, s: SeededCase) -> BackfillCase:
@@ -372,8 +371,7 @@ def finish_case(bench: Bench, s: SeededCase) -> BackfillCase:
     case, rt = s.case, s.rt
     try:
         result = s.result
-        case.backfill_seconds, case.raw_seconds = min(s.passes), min(s.raw_passes)
-        case.backfill_passes, case.raw_copy_passes = list(s.passes), list(s.raw_passes)
+        case.backfill_seconds, case.raw_seconds = min(case.backfill_passes), min(case.raw_copy_passes)
         case.rows_read = result.rows_read
         case.chunks = sum(x.chunks for x in result.ships)
         case.failed_chunks = len(result.failed_chunks)

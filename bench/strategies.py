@@ -24,10 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-from bench.common import create_schemas, drop_schemas, make_settings  # noqa: E402
+from bench.common import create_schemas, database_url, drop_schemas, make_settings  # noqa: E402
 from data_migrator import database_now, newest_wide_time  # noqa: E402
 from narrow2wide.checks.validator import validate  # noqa: E402
-from narrow2wide.common.config import psycopg2_url  # noqa: E402
 from narrow2wide.db.database import Databases, make_engine  # noqa: E402
 from narrow2wide.db.runtime import Runtime  # noqa: E402
 from narrow2wide.demo.demo_data import DemoSpec, LiveWriter, seed_demo  # noqa: E402
@@ -57,7 +56,8 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=0.25)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    url = psycopg2_url(args.database_url)
+    url = database_url(args.database_url)
+    assert url is not None  # --database-url is required
     engine = make_engine(url, "narrow-to-wide bench")
     tag = uuid.uuid4().hex[:8]
     src = f"bench_strat_src_{tag}"
