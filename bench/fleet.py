@@ -78,15 +78,24 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 from psycopg2 import sql  # noqa: E402
-from sqlalchemy import text  # noqa: E402
 
 from bench.common import clean_up, compile_tool, create_schemas, database_url, drop_schemas, fresh_target, make_settings  # noqa: E402
-from bench.realtime import ceil_to_grid, cell_locations, environment, percentile, wait_for_db_time  # noqa: E402
+from bench.realtime import (  # noqa: E402
+    FRESHNESS_INTERVAL_MINUTES,
+    POLL_EVERY_SECONDS,
+    CellProbe,
+    Sample,
+    ceil_to_grid,
+    cell_locations,
+    environment,
+    percentile,
+    probe_channel,
+    wait_for_db_time,
+)
 from cutoff_store import CutoffStore  # noqa: E402
 from data_migrator import BackfillOptions, migration_status, run_backfill  # noqa: E402
 from narrow2wide.checks.validator import validate  # noqa: E402
-from narrow2wide.common.model import TIME_COLUMN  # noqa: E402
-from narrow2wide.db.database import qi, qualified, raw_cursor  # noqa: E402
+from narrow2wide.db.database import raw_cursor  # noqa: E402
 from narrow2wide.db.runtime import Runtime, open_runtime  # noqa: E402
 from narrow2wide.demo.demo_data import demo_channels  # noqa: E402
 from narrow2wide.demo.fleet_data import (  # noqa: E402
@@ -113,9 +122,7 @@ log = logging.getLogger("bench.fleet")
 INTERVAL_SECONDS = 15  # the fleet's sampling interval (FleetSpec's default)
 NEW_SECONDS = 60  # new rows per ship before the timed realtime cycle: one minute, 4 ticks
 SAFETY_SECONDS = 1.0  # margin past the settle delay before the new minute is inserted
-FRESHNESS_INTERVAL_MINUTES = 0.25  # run_realtime every 15 s
 WRITE_EVERY_SECONDS = 15.0  # the production rate: one tick per ship and channel every 15 s
-POLL_EVERY_SECONDS = 0.2
 
 # the sizes; --quick swaps in the second column (an option given on the command line wins over both)
 SIZES: dict[str, tuple[Any, Any]] = {
@@ -538,87 +545,14 @@ def realtime_section(bench: Bench, args: argparse.Namespace, report: Report) -> 
 # 4. freshness
 
 
-@dataclass
-class Sample:
-    """One probe cell: inserted for one ship in one tick, and when it became visible in the wide table."""
-
-    ship_id: str
-    created_time: datetime
-    committed: float  # time.monotonic() right after the tick's commit
-    visible: float | None = None
-
-    @property
-    def freshness(self) -> float | None:
-        """Seconds from commit to visible, or ``None`` when never seen."""
-        return None if self.visible is None else self.visible - self.committed
-
-
-class FreshnessProbe:
-    """The realtime thread, the poller thread and the writer's tick callback of the freshness measurement."""
-
-    def __init__(self, rt: Runtime, ship_ids: tuple[str, ...], where: dict[str, tuple[str, str]]) -> None:
-        self.rt = rt
-        self.ship_ids = ship_ids
-        self.where = where
-        self.samples: list[Sample] = []
-        self.cycles: list[CycleResult] = []
-        self.errors: list[str] = []
-        self.first_cycle = threading.Event()
-        self.stop_realtime = threading.Event()
-        self.stop_poller = threading.Event()
-        self._lock = threading.Lock()
-
-    def realtime(self) -> None:
-        """``run_realtime`` every 15 s until :attr:`stop_realtime` is set."""
-        try:
-            opts = RealtimeOptions(interval_minutes=FRESHNESS_INTERVAL_MINUTES, install_signal_handlers=False)
-            run_realtime(self.rt, (), opts, stop=self.stop_realtime, on_cycle=self._on_cycle)
-        except Exception as exc:  # noqa: BLE001 - reported by the main thread
-            log.exception("realtime thread failed")
-            self.errors.append(f"realtime: {type(exc).__name__}: {exc}")
-        finally:
-            self.first_cycle.set()
-
-    def _on_cycle(self, cycle: CycleResult) -> None:
-        with self._lock:
-            self.cycles.append(cycle)
-        self.first_cycle.set()
+class FreshnessProbe(CellProbe):
+    """:class:`bench.realtime.CellProbe` fed by the fleet writer: one probe cell per tick."""
 
     def on_tick(self, tick: FleetTick) -> None:
         """The writer committed a tick: probe one ship's cell of it (the next ship each tick)."""
         ship = self.ship_ids[(tick.number - 1) % len(self.ship_ids)]
-        with self._lock:
+        with self.lock:
             self.samples.append(Sample(ship, tick.created_time, tick.committed))
-
-    def poller(self) -> None:
-        """Look for the pending cells every 0.2 s until stopped (and once more)."""
-        try:
-            while not self.stop_poller.is_set():
-                self.poll()
-                self.stop_poller.wait(POLL_EVERY_SECONDS)
-            self.poll()
-        except Exception as exc:  # noqa: BLE001 - reported by the main thread
-            log.exception("poller thread failed")
-            self.errors.append(f"poller: {type(exc).__name__}: {exc}")
-
-    def poll(self) -> None:
-        """One look at every pending sample; a seen one gets the time of this look."""
-        with self._lock:
-            pending = [s for s in self.samples if s.visible is None]
-        schema = self.rt.settings.target_schema
-        with self.rt.dbs.target.connect() as conn:
-            for s in pending:
-                table, column = self.where[s.ship_id]
-                seen = conn.execute(text(
-                    f"SELECT 1 FROM {qualified(schema, table)} WHERE {qi(TIME_COLUMN)} = :t AND {qi(column)} "
-                    "IS NOT NULL"), {"t": s.created_time}).first()
-                if seen is not None:
-                    s.visible = time.monotonic()
-
-    def pending(self) -> int:
-        """Samples not seen yet."""
-        with self._lock:
-            return sum(1 for s in self.samples if s.visible is None)
 
 
 def run_freshness(probe: FreshnessProbe, writer: FleetWriter, seconds: float, drain_seconds: float) -> float:
@@ -661,8 +595,7 @@ def freshness_section(bench: Bench, args: argparse.Namespace, report: Report) ->
                          hours=args.freshness_history_hours, seed=args.seed)
         seed: FleetSeed = seed_fleet(rt.dbs.source, rt.source, spec)
         create_tables(rt, analysis=analyze_source(rt))
-        channel = next((c for c in demo_channels(spec.channels) if c.value_format == "Decimal"),
-                       demo_channels(spec.channels)[0])
+        channel = probe_channel(demo_channels(spec.channels))
         where = cell_locations(rt, seed.ship_ids, channel.channel_id)
         probe = FreshnessProbe(rt, seed.ship_ids, where)
         writer = FleetWriter(rt.dbs.source, rt.source, spec, every_seconds=WRITE_EVERY_SECONDS,

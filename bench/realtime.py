@@ -367,26 +367,25 @@ def cell_locations(rt: Runtime, ship_ids: tuple[str, ...], channel_id: str) -> d
     return found
 
 
-class Freshness:
-    """The realtime thread, the writer thread and the poller thread of the freshness measurement."""
+class CellProbe:
+    """The realtime thread and the poller thread of a freshness measurement, and the samples they fill.
 
-    def __init__(self, rt: Runtime, ship_ids: tuple[str, ...], channel: DemoChannel,
-                 where: dict[str, tuple[str, str]]) -> None:
+    ``where`` maps each ship to the wide table and column of its probe cell; whoever inserts the
+    probe rows appends a :class:`Sample` per ship and insert (under :attr:`lock`).
+    """
+
+    def __init__(self, rt: Runtime, ship_ids: tuple[str, ...], where: dict[str, tuple[str, str]]) -> None:
         self.rt = rt
         self.ship_ids = ship_ids
-        self.channel = channel
         self.where = where
         self.samples: list[Sample] = []
         self.cycles: list[CycleResult] = []
         self.errors: list[str] = []
         self.first_cycle = threading.Event()
         self.stop_realtime = threading.Event()
-        self.stop_writer = threading.Event()
         self.stop_poller = threading.Event()
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self.realtime_result: RealtimeResult | None = None
-
-    # the threads
 
     def realtime(self) -> None:
         """``run_realtime`` every 15 s until :attr:`stop_realtime` is set."""
@@ -400,33 +399,9 @@ class Freshness:
             self.first_cycle.set()  # never leave the main thread waiting
 
     def _on_cycle(self, cycle: CycleResult) -> None:
-        with self._lock:
+        with self.lock:
             self.cycles.append(cycle)
         self.first_cycle.set()
-
-    def writer(self) -> None:
-        """Every ~2 s one row per ship for the probe channel at the database's now; records the commit time."""
-        spec = DemoSpec(interval_seconds=1, offline_hours=0, late_channel_share=0)
-        started = time.monotonic()
-        n = 0
-        try:
-            while not self.stop_writer.is_set():
-                with self.rt.dbs.source.begin() as conn:
-                    now = conn.execute(text("SELECT now() AT TIME ZONE 'UTC'")).scalar_one()
-                    rows = insert_rows(conn, self.rt.source, self.ship_ids, [self.channel], now,
-                                       now + timedelta(seconds=1), spec,
-                                       server_time_sql="CAST(:server_now AS timestamp)",
-                                       extra_params={"server_now": now})
-                committed = time.monotonic()
-                if rows != len(self.ship_ids):
-                    log.warning("writer: %d row(s) inserted at %s, expected %d", rows, now, len(self.ship_ids))
-                with self._lock:
-                    self.samples.extend(Sample(s, now, committed) for s in self.ship_ids)
-                n += 1
-                self.stop_writer.wait(max(started + n * WRITE_EVERY_SECONDS - time.monotonic(), 0.0))
-        except Exception as exc:  # noqa: BLE001 - reported by the main thread
-            log.exception("writer thread failed")
-            self.errors.append(f"writer: {type(exc).__name__}: {exc}")
 
     def poller(self) -> None:
         """Every 0.2 s look for the pending cells in the wide tables; record when each is first seen."""
@@ -440,8 +415,8 @@ class Freshness:
             self.errors.append(f"poller: {type(exc).__name__}: {exc}")
 
     def poll(self) -> None:
-        """One look at every pending sample."""
-        with self._lock:
+        """One look at every pending sample (one query per ship); a seen one gets the time of this look."""
+        with self.lock:
             pending = [s for s in self.samples if s.visible is None]
         if not pending:
             return
@@ -463,8 +438,42 @@ class Freshness:
 
     def pending(self) -> int:
         """Samples not seen yet."""
-        with self._lock:
+        with self.lock:
             return sum(1 for s in self.samples if s.visible is None)
+
+
+class Freshness(CellProbe):
+    """:class:`CellProbe` with its own writer thread: one probe row per ship every 2 s."""
+
+    def __init__(self, rt: Runtime, ship_ids: tuple[str, ...], channel: DemoChannel,
+                 where: dict[str, tuple[str, str]]) -> None:
+        super().__init__(rt, ship_ids, where)
+        self.channel = channel
+        self.stop_writer = threading.Event()
+
+    def writer(self) -> None:
+        """Every ~2 s one row per ship for the probe channel at the database's now; records the commit time."""
+        spec = DemoSpec(interval_seconds=1, offline_hours=0, late_channel_share=0)
+        started = time.monotonic()
+        n = 0
+        try:
+            while not self.stop_writer.is_set():
+                with self.rt.dbs.source.begin() as conn:
+                    now = conn.execute(text("SELECT now() AT TIME ZONE 'UTC'")).scalar_one()
+                    rows = insert_rows(conn, self.rt.source, self.ship_ids, [self.channel], now,
+                                       now + timedelta(seconds=1), spec,
+                                       server_time_sql="CAST(:server_now AS timestamp)",
+                                       extra_params={"server_now": now})
+                committed = time.monotonic()
+                if rows != len(self.ship_ids):
+                    log.warning("writer: %d row(s) inserted at %s, expected %d", rows, now, len(self.ship_ids))
+                with self.lock:
+                    self.samples.extend(Sample(s, now, committed) for s in self.ship_ids)
+                n += 1
+                self.stop_writer.wait(max(started + n * WRITE_EVERY_SECONDS - time.monotonic(), 0.0))
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
+            log.exception("writer thread failed")
+            self.errors.append(f"writer: {type(exc).__name__}: {exc}")
 
 
 def freshness(rt: Runtime, ships: int, channels: int, seconds: float, drain_seconds: float) -> dict[str, Any]:
