@@ -271,21 +271,22 @@ def split_reads(rt: Runtime, before: CycleResult, cycle: CycleResult) -> tuple[i
     return new, reread, windows
 
 
-def cycle_cost(rt_lb: Runtime, rt_zero_first: Runtime, rt_zero: Runtime, ships: int, channels: int,
-               ) -> tuple[dict[str, Any], list[CycleMeasure]]:
-    """Seed, create both targets' tables, set watermarks, insert one minute, time the second cycles.
+@dataclass(frozen=True)
+class NewMinute:
+    """The minute of new rows the timed cycles read, and what placed it."""
 
-    ``rt_lb`` and ``rt_zero_first`` share the source; ``rt_zero`` is ``rt_zero_first`` with a lookback of 0
-    (its first cycle uses the default lookback so that both targets start from the same state).
-    """
-    log.info("cycle cost: seeding %d ship(s) x %d channel(s) x %g day(s)", ships, channels, HISTORY_DAYS)
-    seeded = seed_history(rt_lb, ships, channels)
-    started = time.perf_counter()
-    make_tables(rt_lb)
-    make_tables(rt_zero_first)
-    tables_seconds = time.perf_counter() - started
-    first_lb, first_lb_s = once(rt_lb)
-    first_zero, first_zero_s = once(rt_zero_first)
+    states: dict[str, Any]  # target/ship -> the cutoff and watermark the first cycles stored
+    newest_mark: datetime  # the latest window end, cutoff or watermark: the minute starts after it
+    start: datetime
+    end: datetime
+    waited_seconds: float  # for the database's clock to pass the minute by the settle delay
+    inserted: int
+
+
+def insert_new_minute(rt_lb: Runtime, rt_zero_first: Runtime, first_lb: RealtimeResult, first_zero: RealtimeResult,
+                      seeded: SeedResult, ships: int, channels: int) -> NewMinute:
+    """Insert one minute of rows for every ship after everything the first cycles read or stored, once the
+    database's clock has passed it by the settle delay."""
     assert first_lb.last is not None and first_zero.last is not None
     # the next window starts at the stored watermark, else at the cutoff (minus the lookback): the new
     # minute must lie after both and after what the first cycles read, so a lookback of 0 reads it too
@@ -309,6 +310,25 @@ def cycle_cost(rt_lb: Runtime, rt_zero_first: Runtime, rt_zero: Runtime, ships: 
                                spec)
     log.info("inserted %s new rows (%s per ship and channel)", f"{inserted:,}",
              inserted // max(ships * channels, 1))
+    return NewMinute(states, max(marks), new_start, new_end, waited, inserted)
+
+
+def cycle_cost(rt_lb: Runtime, rt_zero_first: Runtime, rt_zero: Runtime, ships: int, channels: int,
+               ) -> tuple[dict[str, Any], list[CycleMeasure]]:
+    """Seed, create both targets' tables, set watermarks, insert one minute, time the second cycles.
+
+    ``rt_lb`` and ``rt_zero_first`` share the source; ``rt_zero`` is ``rt_zero_first`` with a lookback of 0
+    (its first cycle uses the default lookback so that both targets start from the same state).
+    """
+    log.info("cycle cost: seeding %d ship(s) x %d channel(s) x %g day(s)", ships, channels, HISTORY_DAYS)
+    seeded = seed_history(rt_lb, ships, channels)
+    started = time.perf_counter()
+    make_tables(rt_lb)
+    make_tables(rt_zero_first)
+    tables_seconds = time.perf_counter() - started
+    first_lb, first_lb_s = once(rt_lb)
+    first_zero, first_zero_s = once(rt_zero_first)
+    minute = insert_new_minute(rt_lb, rt_zero_first, first_lb, first_zero, seeded, ships, channels)
 
     measures = []
     for rt, first in ((rt_lb, first_lb), (rt_zero, first_zero)):
@@ -334,10 +354,10 @@ def cycle_cost(rt_lb: Runtime, rt_zero_first: Runtime, rt_zero: Runtime, ships: 
     setup = {"ships": ships, "channels": channels, "seeded_rows": seeded.rows, "seed_start": seeded.start,
              "seed_end": seeded.end, "seed_seconds": round(seeded.seconds, 2),
              "analyse_and_tables_seconds_both_targets": round(tables_seconds, 2),
-             "stored_after_first_cycles": states, "newest_mark": max(marks),
-             "new_minute_start": new_start, "new_minute_end": new_end,
-             "gap_seed_end_to_new_minute_seconds": (new_start - seeded.end).total_seconds(),
-             "waited_seconds": round(waited, 1), "new_rows_inserted": inserted,
+             "stored_after_first_cycles": minute.states, "newest_mark": minute.newest_mark,
+             "new_minute_start": minute.start, "new_minute_end": minute.end,
+             "gap_seed_end_to_new_minute_seconds": (minute.start - seeded.end).total_seconds(),
+             "waited_seconds": round(minute.waited_seconds, 1), "new_rows_inserted": minute.inserted,
              "order": "lookback default first, then lookback 0, on separate targets of one source",
              "wide_tables": {f"lookback {rt_lb.settings.realtime_lookback_minutes} min": wide_table_stats(rt_lb),
                              "lookback 0 min": wide_table_stats(rt_zero)}}
@@ -518,8 +538,12 @@ def freshness(rt: Runtime, ships: int, channels: int, seconds: float, drain_seco
                 thread.join(timeout=600)
     if f.errors:
         raise RuntimeError("; ".join(f.errors))
-    stats = wide_table_stats(rt)
+    return freshness_figures(f, seeded, channels, writing_seconds, drained, wide_table_stats(rt))
 
+
+def freshness_figures(f: Freshness, seeded: SeedResult, channels: int, writing_seconds: float, drained: bool,
+                      stats: dict[str, Any]) -> dict[str, Any]:
+    """The freshness distribution (overall and per ship) and the realtime cycles behind it, JSON-ready."""
     values = [s.freshness for s in f.samples if s.freshness is not None]
     timed = f.cycles[1:]  # the first cycle catches up the history; the rest are steady
     cycle_seconds = [c.seconds for c in timed]
@@ -529,8 +553,8 @@ def freshness(rt: Runtime, ships: int, channels: int, seconds: float, drain_seco
         per_ship[ship] = {"samples": len(v), "median": _round(statistics.median(v) if v else None),
                           "max": _round(max(v) if v else None)}
     return {
-        "ships": ships, "channels": channels, "seeded_rows": seeded.rows, "probe_channel": channel.channel_id,
-        "cells": {s: f"{t}.{c}" for s, (t, c) in where.items()},
+        "ships": len(f.ship_ids), "channels": channels, "seeded_rows": seeded.rows,
+        "probe_channel": f.channel.channel_id, "cells": {s: f"{t}.{c}" for s, (t, c) in f.where.items()},
         "interval_minutes": FRESHNESS_INTERVAL_MINUTES, "write_every_seconds": WRITE_EVERY_SECONDS,
         "poll_every_seconds": POLL_EVERY_SECONDS, "writing_seconds": round(writing_seconds, 1),
         "samples": len(f.samples), "visible": len(values), "not_visible": len(f.samples) - len(values),
