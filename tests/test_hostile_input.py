@@ -30,6 +30,7 @@ from narrow2wide.common.errors import ConfigError, SourceError
 from narrow2wide.db.database import Databases, qi, qualified, server_now
 from narrow2wide.db.narrow_source import REQUIRED_COLUMNS
 from narrow2wide.db.runtime import Runtime
+from narrow2wide.engine import window_migrator
 from realtime_processor import RealtimeOptions, run_realtime
 from schema_analyzer import analyze_source
 from table_creator import COLUMNS_META, TABLES_META, create_tables
@@ -618,6 +619,25 @@ def test_cli_refuses_a_source_without_str_v_or_value_format_with_one_line(runtim
         conn.execute(text(f"ALTER TABLE {runtime.source.sql} DROP COLUMN value_format"))
     code, _, err = procs.run("--mode", "migration-only", "--cutoff-time", str(END))
     assert_one_line_error(code, err, 1, "lacks column(s) value_format")
+
+
+def test_a_source_without_server_created_time_writes_its_rejects_in_several_lookups(runtime, monkeypatch):
+    """server_created_time is optional: a source without it migrates exactly and its rejected rows reach the
+    reject file (that column empty), every one of them, also when they take several lookups of the source."""
+    monkeypatch.setattr(window_migrator, "REJECT_KEYS_PER_QUERY", 2)
+    ship = "IMO9000022"
+    create_source(runtime, omit=["server_created_time"])
+    odd = T0 + timedelta(minutes=7)
+    bad = [row(ship, "dec", odd + timedelta(seconds=i), "Decimal", long_v=i) for i in range(5)]
+    good = series(ship, "dec", "Decimal") + series(ship, "txt", "String")
+    insert(runtime, good + bad)
+    result = migrate(runtime)
+    assert not result.failed_chunks
+    assert result.ships[0].rejected == len(bad)
+    assert_exact(runtime, ship)
+    got = reject_rows(runtime.settings)
+    assert sorted(r["created_time"] for r in got) == sorted(str(r["created_time"]) for r in bad)
+    assert {r["reason"] for r in got} == {REASON_NULL} and {r["server_created_time"] for r in got} == {""}
 
 
 def test_extra_columns_in_any_order_are_ignored_and_the_data_migrates_exactly(runtime):

@@ -218,6 +218,32 @@ class WindowTally:
                             len(self.rejects), ordered, self.t_read, self.t_pivot, self.t_write, newest)
 
 
+def _block_reader(rt: Runtime, source_conn: Connection, plan: PivotPlan, blocks: list[tuple[datetime, datetime]],
+                  readers: Sequence[CopyReaderProcess]) -> tuple[Callable[[int], NarrowBatch], int]:
+    """The read of block ``k`` of ``blocks`` (on ``source_conn``'s snapshot), and how many run at once.
+
+    With ``readers`` each one takes every n-th block, in a helper process that imports this
+    transaction's snapshot; without, one reader thread reads on ``source_conn`` itself.
+    """
+    cursor = raw_cursor(source_conn)
+    order_by = rt.source.duplicate_order(source_conn)  # None (no sort) when a unique key rules out duplicates
+    hash_lookup(cursor, plan)  # asked here, once, before reader threads could ask it together
+    by_channel = channels_serve_the_read(cursor, rt.source.sql, plan, *max(blocks, key=lambda b: b[1] - b[0]))
+    if not by_channel:
+        log.debug("ship %s: the planner reads [%s, %s) by created_time; read without the channel list",
+                  plan.ship_id, blocks[0][0], blocks[-1][1])
+    if readers:
+        snapshot = readers[0].export_snapshot(source_conn)
+        outs: list[Callable[[str], memoryview] | None] = [partial(r.copy_out, snapshot) for r in readers]
+    else:
+        outs = [None]
+
+    def read(k: int) -> NarrowBatch:
+        return read_window(cursor, rt.source.sql, plan, *blocks[k], order_by, outs[k % len(outs)], by_channel)
+
+    return read, len(outs)
+
+
 def migrate_window(
     rt: Runtime,
     source_conn: Connection,
@@ -253,32 +279,17 @@ def migrate_window(
     if replace:
         for part in plan.parts:
             delete_window(target_conn, schema, part.table, start, end)
-    cursor = raw_cursor(source_conn)
     blocks = _blocks(start, end, READ_BLOCKS)
+    read, lanes = _block_reader(rt, source_conn, plan, blocks, readers)
     tally = WindowTally(plan, start, end)
-    order_by = rt.source.duplicate_order(source_conn)  # None (no sort) when a unique key rules out duplicates
-    hash_lookup(cursor, plan)  # asked here, once, before reader threads could ask it together
-    by_channel = channels_serve_the_read(cursor, rt.source.sql, plan, *max(blocks, key=lambda b: b[1] - b[0]))
-    if not by_channel:
-        log.debug("ship %s: the planner reads [%s, %s) by created_time; read without the channel list",
-                  plan.ship_id, start, end)
-    if readers:
-        snapshot = readers[0].export_snapshot(source_conn)
-        outs = [partial(r.copy_out, snapshot) for r in readers]
-    else:
-        outs = [None]  # one reader thread on this connection
-
-    def read(k: int) -> NarrowBatch:
-        return read_window(cursor, rt.source.sql, plan, *blocks[k], order_by, outs[k % len(outs)], by_channel)
-
-    with ThreadPoolExecutor(max_workers=len(outs), thread_name_prefix="window-reader") as pool:
-        pending = {k: pool.submit(read, k) for k in range(min(len(outs), len(blocks)))}
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="window-reader") as pool:
+        pending = {k: pool.submit(read, k) for k in range(min(lanes, len(blocks)))}
         for k, (b_start, b_end) in enumerate(blocks):
             t0 = time.monotonic()
             batch = pending.pop(k).result()
             tally.t_read += time.monotonic() - t0
-            if k + len(outs) < len(blocks):  # the reader of block k is free again: it takes block k + n
-                pending[k + len(outs)] = pool.submit(read, k + len(outs))
+            if k + lanes < len(blocks):  # the reader of block k is free again: it takes block k + n
+                pending[k + lanes] = pool.submit(read, k + lanes)
             rows_before = tally.rows
             tally.write_block(target_conn, schema, batch, b_start, b_end, direct)
             del batch
@@ -384,6 +395,31 @@ _FITS = fits_sql()  # the one rule of what fits, in SQL (common/fits.py)
 _TYPE_OF_KIND = {0: "double precision", 1: "bigint", 2: "boolean", 3: "text"}
 
 
+REJECT_KEYS_PER_QUERY = 100_000  # the reject file's source rows are looked up this many cells at a time
+
+
+def _rejected_source_rows(rt: Runtime, source_conn: Connection, plan: PivotPlan, keys: list[tuple],
+                          aware: bool) -> list:
+    """The source rows of the rejected cells ``keys`` ((channel, time) pairs), each cell's rows in the
+    source's duplicate order, with whether each row's value fits its column (the last field)."""
+    order = rt.source.duplicate_order(source_conn) or "s.created_time, s.data_channel_id"
+    server_time = "s.server_created_time" if rt.source.has_server_created_time(source_conn) else "NULL"
+    query = text(
+        f"""SELECT s.data_channel_id, s.created_time, s.value_format, s.double_v, s.long_v, s.bool_v,
+                   left(s.str_v, 200), {server_time}, {_FITS}
+            FROM unnest(CAST(:c AS text[]), CAST(:t AS {'timestamptz' if aware else 'timestamp'}[])) AS r(ch, t)
+            JOIN unnest(CAST(:chs AS text[]), CAST(:tys AS text[])) AS m(ch, ty) ON m.ch = r.ch
+            JOIN {rt.source.sql} s ON s.ship_id = :s AND s.data_channel_id = r.ch AND s.created_time = r.t
+            ORDER BY {order}""")
+    types = [_TYPE_OF_KIND[int(k)] for k in plan.kind]
+    found: list = []
+    for i in range(0, len(keys), REJECT_KEYS_PER_QUERY):
+        batch = keys[i:i + REJECT_KEYS_PER_QUERY]
+        found += source_conn.execute(query, {"c": [k[0] for k in batch], "t": [k[1] for k in batch],
+                                             "s": plan.ship_id, "chs": list(plan.channels), "tys": types}).all()
+    return found
+
+
 def write_rejects(rt: Runtime, source_conn: Connection, plan: PivotPlan, start, end, rejects, aware: bool) -> None:
     """Write the window's reject file (the full source rows with their reason), or remove a stale one.
 
@@ -399,19 +435,8 @@ def write_rejects(rt: Runtime, source_conn: Connection, plan: PivotPlan, start, 
     reasons_of: dict[tuple, list[int]] = {}
     for key, r in zip(zip(rejects.channel, times, strict=True), rejects.reason, strict=True):
         reasons_of.setdefault(key, []).append(r)
-    keys = sorted(count_of)[:100_000]
-    order = rt.source.duplicate_order(source_conn) or "s.created_time, s.data_channel_id"
-    found = source_conn.execute(text(
-        f"""SELECT s.data_channel_id, s.created_time, s.value_format, s.double_v, s.long_v, s.bool_v,
-                   left(s.str_v, 200), s.server_created_time, {_FITS}
-            FROM unnest(CAST(:c AS text[]), CAST(:t AS {'timestamptz' if aware else 'timestamp'}[])) AS r(ch, t)
-            JOIN unnest(CAST(:chs AS text[]), CAST(:tys AS text[])) AS m(ch, ty) ON m.ch = r.ch
-            JOIN {rt.source.sql} s ON s.ship_id = :s AND s.data_channel_id = r.ch AND s.created_time = r.t
-            ORDER BY {order}"""),
-        {"c": [k[0] for k in keys], "t": [k[1] for k in keys], "s": plan.ship_id, "chs": list(plan.channels),
-         "tys": [_TYPE_OF_KIND[int(k)] for k in plan.kind]}).all()
     by_key: dict[tuple, list] = {}
-    for r in found:
+    for r in _rejected_source_rows(rt, source_conn, plan, sorted(count_of), aware):
         by_key.setdefault((r[0], r[1]), []).append(r)
     rows = []
     for key, group in by_key.items():
