@@ -453,6 +453,29 @@ def test_retry_failed_leaves_chunks_that_did_not_fail_alone(runtime, prepared):
     assert_exact(runtime)
 
 
+def test_a_failure_recorded_late_does_not_undo_a_chunk_another_worker_took_over(runtime, prepared):
+    """A worker that lost its connection (and with it the chunk's lock) records its failure only while the
+    chunk is still its claim: a chunk another worker has claimed or finished meanwhile keeps that worker's
+    status; a chunk still held goes back to pending with the attempt counted."""
+    prepared(ships=1, channels=4)
+    prepare_backfill(runtime, [SHIP], BackfillOptions(progress=False, cutoff_time=CUTOFF, chunk_hours=2))
+    ledger = ChunkLedger(runtime.settings.target_schema)
+    with runtime.dbs.target.connect() as conn, runtime.dbs.target.connect() as conn2:
+        taken, kept = ledger.claim(conn, [SHIP]), ledger.claim(conn2, [SHIP])  # a lock each: two chunks
+        assert taken is not None and kept is not None and taken.id != kept.id
+        with runtime.dbs.target.begin() as other:  # another worker has finished the first chunk
+            other.execute(text(f"UPDATE {ledger.table} SET status = 'done', worker = 'otherhost:1' WHERE id = :i"),
+                          {"i": taken.id})
+        assert ledger.mark_error(conn, taken, "lost the connection", failed=True) is False
+        assert ledger.mark_error(conn2, kept, "lost the connection", failed=False) is True
+        ledger.release(conn, taken.id)
+        ledger.release(conn2, kept.id)
+    rows = {r.id: r for r in ledger_rows(runtime)}
+    assert (rows[taken.id].status, rows[taken.id].worker, rows[taken.id].last_error) == ("done", "otherhost:1", None)
+    assert (rows[kept.id].status, rows[kept.id].attempts, rows[kept.id].last_error) == (
+        "pending", 1, "lost the connection")
+
+
 # ----------------------------------------------------------------------------------------------
 # 5. the connection is cut inside a chunk
 

@@ -321,7 +321,10 @@ def _chunk_failed(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: Shi
                 attempts, max_attempts, error)
     conn = _fresh_connection(rt, conn, stop)
     try:
-        ledger.mark_error(conn, chunk, error, failed=give_up)
+        if not ledger.mark_error(conn, chunk, error, failed=give_up):
+            log.warning("chunk %s %s..%s was claimed by another worker meanwhile; this failure is not recorded",
+                        chunk.ship_id, chunk.start, chunk.end)
+            return conn
     except DATABASE_ERRORS as exc2:  # lost again: the chunk stays claimable
         log.warning("recording the failure failed: %s", error_line(exc2))
         conn = _fresh_connection(rt, conn, stop)

@@ -222,13 +222,20 @@ class ChunkLedger:
                           "WHERE id = :id"), {"id": chunk.id, "e": end})
         return done_id
 
-    def mark_error(self, conn: Connection, chunk: Chunk, error: str, failed: bool) -> None:
-        """Record a failed attempt; ``failed`` gives up on the chunk (status failed), else it stays pending."""
+    def mark_error(self, conn: Connection, chunk: Chunk, error: str, failed: bool) -> bool:
+        """Record a failed attempt; ``failed`` gives up on the chunk (status failed), else it stays pending.
+
+        Only while the chunk is still this worker's claim: when the failure cost the worker its
+        connection, it lost the chunk's lock too, and another worker may have claimed the chunk
+        since, or finished it. Returns False (nothing recorded) then.
+        """
         with conn.begin():
-            conn.execute(text(
+            row = conn.execute(text(
                 f"""UPDATE {self.table} SET status = :st, attempts = attempts + 1, last_error = :e,
-                        finished_at = now() WHERE id = :id"""),
-                {"id": chunk.id, "e": error[:2000], "st": FAILED if failed else PENDING})
+                        finished_at = now() WHERE id = :id AND status = 'running' AND worker = :w
+                    RETURNING id"""),
+                {"id": chunk.id, "e": error[:2000], "st": FAILED if failed else PENDING, "w": worker_name()}).first()
+        return row is not None
 
     def counts(self, conn: Connection, ship_ids: list[str] | None = None) -> dict[str, dict[str, int]]:
         """Per ship: chunks by status, plus rows_read, cells_written and rejected sums."""
