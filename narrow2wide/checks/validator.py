@@ -20,10 +20,10 @@ from narrow2wide.common.fits import value_text_sql
 from narrow2wide.db.catalogue import load_ship_layout, resolve_ships
 from narrow2wide.db.database import qi, qualified, raw_cursor
 from narrow2wide.db.lock_keys import take_write_locks
-from narrow2wide.db.narrow_source import ship_read_settings
+from narrow2wide.db.narrow_source import begin_snapshot_read, ship_read_settings
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.engine.pivot import PivotPlan
-from narrow2wide.engine.window_migrator import ShipPlanCache, migrate_window
+from narrow2wide.engine.window_migrator import ShipPlanCache, UnknownChannels, migrate_window
 from narrow2wide.store.chunk_ledger import ChunkLedger
 from narrow2wide.store.cutoff_store import CutoffStore
 
@@ -228,9 +228,17 @@ def repair_buckets(rt: Runtime, ship_id: str, buckets: list[datetime]) -> None:
         time_type = rt.source.time_type(sconn)
     plan = cache.ensure_channels(ship_id, time_type)
     for b in buckets:
-        with rt.dbs.source.connect() as sconn, rt.dbs.target.begin() as tconn:
-            take_write_locks(tconn, rt.settings.target_schema, [ship_id])
-            migrate_window(rt, sconn, tconn, plan, b, b + HOUR, replace=True)
+        for attempt in (1, 2):
+            try:
+                with rt.dbs.source.connect() as sconn, rt.dbs.target.begin() as tconn:
+                    begin_snapshot_read(sconn)  # the new-channel check and every read of the hour see one snapshot
+                    take_write_locks(tconn, rt.settings.target_schema, [ship_id])
+                    migrate_window(rt, sconn, tconn, plan, b, b + HOUR, replace=True)
+                break
+            except UnknownChannels:  # a channel's first rows arrived since: give it a column, repair again
+                if attempt == 2:
+                    raise
+                plan = cache.ensure_channels(ship_id, time_type)
         log.info("ship %s: repaired hour %s", ship_id, b)
 
 
