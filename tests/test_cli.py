@@ -72,3 +72,44 @@ def test_embedded_server_starts_and_demo_seeds_it(tmp_path):
 def test_every_mode_has_help_text(mode):
     result = invoke_cli(None, "--help")
     assert MODES[mode].split(":")[0][:20] in " ".join(result.output.split())
+
+
+def test_declining_drop_tables_on_a_terminal_aborts_with_one_line_and_keeps_the_tables(runtime, prepared, cli_env,
+                                                                                       tmp_path):
+    """tables-only --drop-tables asks on a terminal; answering no exits 1 with one line, no traceback, and the
+    wide tables and their rows stay as they were."""
+    import pty
+
+    from sqlalchemy import text
+
+    from narrow2wide.db.database import qualified
+    from table_creator import TABLES_META
+    from tests.cli_procs import clean_environ
+
+    prepared(ships=1, channels=4)
+    schema = runtime.settings.target_schema
+
+    def tables() -> list[str]:
+        with runtime.dbs.target.connect() as conn:
+            return sorted(conn.execute(text(f"SELECT table_name FROM {qualified(schema, TABLES_META)}")).scalars())
+
+    before = tables()
+    with runtime.dbs.target.begin() as conn:  # a row the drop would lose
+        conn.execute(text(f'INSERT INTO {qualified(schema, before[0])} ("created_time") VALUES (\'2024-10-01\')'))
+    main, terminal = pty.openpty()
+    env = {**clean_environ(), **cli_env}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--mode", "tables-only", "--drop-tables"],
+                            cwd=tmp_path, env=env, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(terminal)
+    try:
+        os.write(main, b"n\n")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(main)
+    assert proc.returncode == 1, (out, err)
+    assert b"Drop and recreate" in out
+    assert err.decode().strip().splitlines()[-1] == "aborted: nothing was changed"
+    assert b"Traceback" not in err
+    assert tables() == before
+    with runtime.dbs.target.connect() as conn:
+        assert conn.execute(text(f"SELECT count(*) FROM {qualified(schema, before[0])}")).scalar() == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shlex
 import threading
 import time
 import uuid
@@ -215,9 +216,9 @@ def work_chunks(rt: Runtime, ships: list[str], max_attempts: int = 3, backoff_se
     # helper processes that read the source's blocks, two at a time; started first, so that their
     # start-up and connection overlap this worker's own
     readers = [CopyReaderProcess(rt.dbs.source, settings_sql=READ_SETTINGS_SQL) for _ in range(READER_PROCESSES)]
-    for reader in readers:
-        reader.start()
     try:
+        for reader in readers:
+            reader.start()
         with rt.dbs.source.connect() as sconn:
             time_type = rt.source.time_type(sconn)
         if gate is None:
@@ -485,7 +486,7 @@ def summarize(rt: Runtime, ships: list[str], cutoffs: dict[str, datetime], secon
     retry = None
     if failed:
         retry = "python main.py --mode migration-only --retry-failed " + " ".join(
-            f"--ship-id {s}" for s in sorted({f[0] for f in failed}))
+            f"--ship-id {shlex.quote(s)}" for s in sorted({f[0] for f in failed}))
     return BackfillResult(tuple(out), tuple(failed), round(seconds, 3), rows_read,
                           round(rows_read / seconds, 1) if seconds > 0 else 0.0, retry, held)
 

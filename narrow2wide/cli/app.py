@@ -195,11 +195,14 @@ def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> No
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.exceptions.Abort:  # the user answered no to a confirmation: nothing was done
+        click.echo("aborted: nothing was changed", err=True)
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - every error ends here as one line; the traceback in the log
         log.debug("error", exc_info=True)
         if debug:
             traceback.print_exc()
-        line, exit_code = failure_line(exc, settings.log_file)
+        line, exit_code = failure_line(exc, None if opts["dry_run"] else settings.log_file)
         click.echo(f"error: {line}", err=True)
         sys.exit(exit_code)
     if quiet_cycle and code == 0:
@@ -220,18 +223,19 @@ def settings_for(opts: dict[str, object]) -> Settings:
     return load_settings().with_overrides(**overrides)
 
 
-def failure_line(exc: Exception, log_file: Path) -> tuple[str, int]:
+def failure_line(exc: Exception, log_file: Path | None) -> tuple[str, int]:
     """What a failed mode prints (one line) and its exit code: the tool's own errors say what to do;
-    a database error or an unexpected one says where to look."""
+    a database error or an unexpected one says where to look (``log_file``: None when none is written)."""
     if isinstance(exc, MigratorError):
         return one_line(exc), exc.exit_code
+    log_hint = f"; log: {log_file}" if log_file is not None else ""
     if isinstance(exc, DATABASE_ERRORS):  # a connection lost mid-run, or an unexpected SQL error
         orig = getattr(exc, "orig", None) or exc
         what = ("lost the connection to the database" if isinstance(orig, psycopg2.OperationalError)
                 else "database error")
         return (f"{what}: {type(orig).__name__}: {one_line(exc)}; check the database and re-run "
-                f"(every step resumes; --debug shows the traceback; log: {log_file})"), 1
-    return f"{type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback; log: {log_file})", 1
+                f"(every step resumes; --debug shows the traceback{log_hint})"), 1
+    return f"{type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback{log_hint})", 1
 
 
 def print_result(mode: str, result: object, as_json: bool) -> None:
