@@ -323,7 +323,8 @@ def _chunk_failed(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: Shi
     conn = _fresh_connection(rt, conn, stop)
     try:
         if not ledger.mark_error(conn, chunk, error, failed=give_up):
-            log.warning("chunk %s %s..%s was claimed by another worker meanwhile; this failure is not recorded",
+            log.warning("chunk %s %s..%s is no longer this worker's (its commit went through before the "
+                        "connection was lost, or another worker claimed it); the failure is not recorded",
                         chunk.ship_id, chunk.start, chunk.end)
             return conn
     except DATABASE_ERRORS as exc2:  # lost again: the chunk stays claimable
