@@ -113,3 +113,13 @@ def test_declining_drop_tables_on_a_terminal_aborts_with_one_line_and_keeps_the_
     assert tables() == before
     with runtime.dbs.target.connect() as conn:
         assert conn.execute(text(f"SELECT count(*) FROM {qualified(schema, before[0])}")).scalar() == 1
+
+
+@pytest.mark.parametrize("mode", ["streaming", "migration-only", "status"])
+def test_the_insert_cursor_is_refused_where_no_realtime_cycle_would_use_it(mode):
+    """--cursor server_created_time means something to realtime, concurrent and hybrid only; elsewhere it is a
+    usage error (exit 2), not an option silently ignored (streaming would never see the late rows it asks for)."""
+    result = invoke_cli({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "--mode", mode,
+                        "--cursor", "server_created_time")
+    assert result.exit_code == 2, result.output
+    assert "--cursor applies to --mode realtime, concurrent, hybrid only" in result.output

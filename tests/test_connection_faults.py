@@ -375,3 +375,24 @@ def test_database_down_at_start_with_debug_shows_the_traceback(tmp_path):
     assert "Traceback" in out.stderr and "DatabaseUnavailable" in out.stderr
     last = [line for line in out.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: cannot connect to ") and "s3cretpw" not in out.stderr
+
+
+def test_an_error_under_the_read_settings_is_the_error_raised(engine):
+    """A statement that fails inside ship_read_settings (a timeout, a cancel) raises its own error, not the
+    RESET's 'current transaction is aborted' that would hide it."""
+    import psycopg2
+
+    from narrow2wide.db.database import raw_cursor
+    from narrow2wide.db.narrow_source import ship_read_settings
+
+    with engine.connect() as conn:
+        cur = raw_cursor(conn)
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            with ship_read_settings(cur):
+                cur.execute("SELECT 1 / 0")
+        cur.connection.rollback()
+        with ship_read_settings(cur):  # on success the settings are reset as before
+            cur.execute("SHOW enable_indexscan")
+            assert cur.fetchone() == ("off",)
+        cur.execute("SHOW enable_indexscan")
+        assert cur.fetchone() == ("on",)

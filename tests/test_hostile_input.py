@@ -530,6 +530,29 @@ def _dedup_settings(rt: Runtime, losers: list[dict]) -> Settings:
     return rt.settings.with_overrides(source_table=copy)
 
 
+def test_an_invalid_unique_index_is_not_taken_for_a_key_and_duplicates_are_still_rejected(runtime):
+    """A CREATE UNIQUE INDEX CONCURRENTLY that failed on the duplicates leaves an invalid index behind: it rules
+    nothing out, so the source still counts as one without a key; one row per cell is written, the other is
+    rejected and counted."""
+    ship = "IMO9000023"
+    create_source(runtime, primary_key=False)
+    t1 = T0 + timedelta(minutes=5)
+    old, new = row(ship, "a", t1, "Decimal", 1.0), row(ship, "a", t1, "Decimal", 2.0)
+    new["server_created_time"] = t1 + timedelta(seconds=30)
+    insert(runtime, series(ship, "a", "Decimal") + [old, new])
+    with runtime.dbs.source.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with pytest.raises(Exception, match="could not create unique index"):
+            conn.execute(text(f"CREATE UNIQUE INDEX CONCURRENTLY half_built ON {runtime.source.sql} "
+                              "(ship_id, data_channel_id, created_time)"))
+        assert conn.execute(text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = CAST(:i AS regclass)"),
+                            {"i": f"{runtime.source.schema}.half_built"}).scalar() is True
+        assert not runtime.source.has_unique_key(conn)
+    result = migrate(runtime)
+    assert not result.failed_chunks and result.ships[0].rejected == 1
+    assert wide_column(runtime, ship, "a")[t1] == 2.0
+    assert_exact(runtime, ship, settings=_dedup_settings(runtime, [old]))
+
+
 def test_duplicate_rows_without_a_primary_key_keep_the_newest_and_reject_the_rest(runtime, caplog):
     """A source without a primary key holding the same (ship, channel, created_time) more than once: schema-only
     warns; one row per cell is written, the newest by server_created_time (a re-sent correction wins over the

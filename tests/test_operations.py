@@ -328,6 +328,16 @@ def _active_others(engine) -> int:
                                      "AND application_name = 'someone-else'")).scalar_one())
 
 
+def test_a_throttle_query_with_percent_signs_runs_as_written(runtime, settings, cli_env, engine):
+    """The operator's SQL goes to the server as written: a LIKE pattern and a modulo are not placeholders."""
+    seed_fleet(runtime, hours=1)
+    query = ("SELECT count(*) % 2 = 7 FROM pg_stat_activity WHERE application_name LIKE 'etl%' "
+             "OR application_name LIKE '%%%'")
+    result = invoke_cli(cli_env, "--mode", "migration-only", "--cutoff-time", str(CUTOFF), "--throttle-query", query)
+    assert result.exit_code == 0, result.output
+    assert_exact(engine, settings)
+
+
 @pytest.mark.parametrize("query, why", [
     ("UPDATE pg_catalog.pg_class SET relname = relname RETURNING true", "it failed"),
     ("SELECT nextval('{seq}') > 0", "it is not read-only"),

@@ -203,3 +203,49 @@ def test_ship_ids_differing_only_in_case_get_their_own_tables(runtime):
     with runtime.dbs.target.begin() as conn:
         tables = meta_tables(conn, tgt(runtime))
         assert len({t[0] for t in tables}) == 2
+
+
+@pytest.mark.parametrize("style", ["id", "snake"])
+def test_channels_named_like_system_columns_get_columns_of_their_own(runtime, style):
+    """xmin, ctid and the other system column names cannot be user columns, quoted or not: such channels get a
+    hashed name (XMIN in id style is another identifier and keeps its name), and every cell migrates."""
+    from data_migrator import BackfillOptions, run_backfill
+    from tests.wide_check import compare
+
+    ship = "IMO9100006"
+    ids = ["xmin", "ctid", "tableoid", "cmax", "XMIN", "plain"]
+    seed_rows(runtime, [(ship, c, T0 + timedelta(minutes=i), "Decimal", float(i)) for i, c in enumerate(ids)])
+    analyze_source(runtime, column_style=style)
+    create_tables(runtime)
+    schema = tgt(runtime)
+    with runtime.dbs.target.begin() as conn:
+        names = {r[1]: r[4] for r in meta_columns(conn, schema, ship)}
+        assert sorted(names) == sorted(ids)
+        assert not set(names.values()) & {"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"}
+        if style == "id":
+            assert (names["XMIN"], names["plain"]) == ("XMIN", "plain")
+        assert_tables_match_metadata(conn, schema, ship)
+    result = run_backfill(runtime, (), BackfillOptions(cutoff_time=str(T0 + timedelta(hours=1)), progress=False))
+    assert not result.failed_chunks and result.rows_read == len(ids)
+    diff = compare(runtime.dbs.source, runtime.settings, ship)
+    assert diff.exact and diff.expected == len(ids), diff
+
+
+def test_a_new_ships_part_is_not_named_like_a_table_another_ship_already_has(runtime):
+    """Ship ABC_2 has table tbl_data_timeseries_abc_2; ship ABC, analysed later with two parts, must not name its
+    second part the same (it would be refused as a table this tool did not create): both ships get their tables."""
+    seed_series(runtime, "ABC_2", 3)
+    analyze_source(runtime)
+    create_tables(runtime)
+    with runtime.dbs.source.begin() as conn:
+        conn.execute(text(
+            f"INSERT INTO {runtime.source.sql} (ship_id, data_channel_id, created_time, double_v, value_format) "
+            "SELECT 'ABC', 'ch' || lpad(g::text, 5, '0'), :ts, g * 0.5, 'Decimal' FROM generate_series(1, 2000) g"),
+            {"ts": T0})
+    analyze_source(runtime)  # every ship, ABC first
+    create_tables(runtime)
+    with runtime.dbs.target.begin() as conn:
+        mine = [t[0] for t in meta_tables(conn, tgt(runtime), "ABC")]
+        assert len(mine) >= 2 and "tbl_data_timeseries_abc_2" not in mine
+        assert [t[0] for t in meta_tables(conn, tgt(runtime), "ABC_2")] == ["tbl_data_timeseries_abc_2"]
+        assert_tables_match_metadata(conn, tgt(runtime), "ABC")

@@ -155,3 +155,28 @@ def test_the_demo_runs_the_whole_guide_and_validates(procs, engine, settings):
     for ship in ships:  # the oracle agrees with the tool's own validation
         diff = compare(engine, settings, ship)
         assert diff.exact and diff.expected > 0, (ship, diff)
+
+
+def test_streaming_that_ends_while_its_steps_keep_failing_is_not_ok(runtime, prepared):
+    """A streaming run stopped (--run-for) while every step fails reports failure (the CLI exits 1), with the
+    failures counted; the wide tables hold nothing half-written, and a run after the fault finishes exact."""
+    seed = prepared(ships=1, channels=4, days=0.1, end=None)
+    tgt = runtime.settings.target_schema
+    with runtime.dbs.target.begin() as conn:
+        conn.execute(text(f"""CREATE FUNCTION {qualified(tgt, 'fail_write')}() RETURNS trigger LANGUAGE plpgsql
+            AS $$ BEGIN RAISE EXCEPTION 'injected write failure'; END $$"""))
+        tables = list(conn.execute(text(f"SELECT DISTINCT table_name FROM {qualified(tgt, 'migrator_columns')}"))
+                      .scalars())
+        for table in tables:
+            conn.execute(text(f"CREATE TRIGGER fail_write BEFORE INSERT ON {qualified(tgt, table)} "
+                              f"FOR EACH STATEMENT EXECUTE FUNCTION {qualified(tgt, 'fail_write')}()"))
+    opts = StrategyOptions(interval_minutes=0.01, chunk_hours=1, settle_seconds=0, progress=False,
+                           backoff_seconds=0.01, install_signal_handlers=False, run_for=1.5)
+    result = get_strategy("streaming").run(runtime, (), opts)
+    assert result.stream_failures >= 1 and result.stream_failing and not result.ok, result
+    with runtime.dbs.target.connect() as conn:
+        assert all(conn.execute(text(f"SELECT count(*) FROM {qualified(tgt, t)}")).scalar() == 0 for t in tables)
+    with runtime.dbs.target.begin() as conn:
+        for table in tables:
+            conn.execute(text(f"DROP TRIGGER fail_write ON {qualified(tgt, table)}"))
+    _finish(runtime, "streaming", seed.ship_ids)

@@ -43,6 +43,7 @@ MODES: dict[str, str] = {
 
 BACKFILL_MODES = ("migration-only", "concurrent", "hybrid")  # --dry-run and the throttle options
 LONG_RUNNING_MODES = ("migration-only", "realtime", "concurrent", "hybrid", "streaming")  # --metrics-port
+CURSOR_MODES = ("realtime", "concurrent", "hybrid")  # the modes whose realtime cycles take --cursor
 
 
 def _mode_help() -> str:
@@ -61,6 +62,8 @@ def check_mode_options(mode: str, opts: dict) -> None:
                 refuse(flag, BACKFILL_MODES)
     if mode not in LONG_RUNNING_MODES and opts.get("metrics_port") is not None:
         refuse("--metrics-port", LONG_RUNNING_MODES)
+    if mode not in CURSOR_MODES and opts.get("cursor") not in (None, "created_time"):
+        refuse("--cursor", CURSOR_MODES)
 
 
 class LogFileHandler(logging.FileHandler):

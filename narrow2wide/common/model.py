@@ -23,6 +23,8 @@ FORMAT_TYPES: dict[str, str] = {
 }
 KNOWN_FORMATS = frozenset(FORMAT_TYPES)
 TIME_COLUMN = "created_time"
+# names PostgreSQL keeps for its system columns: no user column may have one, quoted or not
+SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
 
 MAX_COLUMNS = 1600  # MaxHeapAttributeNumber
 MAX_ROW_BYTES = 8160  # MaxHeapTupleSize with 8 kB pages
@@ -105,7 +107,7 @@ def assign_columns(
     so two ids never share a column. New ids are placed in sorted order: deterministic.
     """
     mapping = dict(existing or {})
-    taken = {c for c in mapping.values()} | {TIME_COLUMN}
+    taken = {c for c in mapping.values()} | {TIME_COLUMN} | SYSTEM_COLUMNS
     for channel in sorted(set(channel_ids) - set(mapping)):
         base = channel if style == "id" else _snake(channel)
         sep = "~" if style == "id" else "_"

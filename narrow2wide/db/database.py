@@ -103,12 +103,16 @@ def open_databases(settings: Settings, application_name: str = APP_NAME) -> Data
     source_url = start_embedded(settings.embedded_pgdata) if embedded else settings.database_url
     assert source_url is not None
     source = make_engine(source_url, application_name)
-    check_connection(source)
-    if settings.target_database_url and settings.target_database_url != source_url:
-        target = make_engine(settings.target_database_url, application_name)
-        check_connection(target)
-    else:
-        target = source
+    target = source
+    try:
+        check_connection(source)
+        if settings.target_database_url and settings.target_database_url != source_url:
+            target = make_engine(settings.target_database_url, application_name)
+            check_connection(target)
+    except BaseException:  # no pooled connection outlives a failed start (the API may be called again)
+        for engine in {id(e): e for e in (source, target)}.values():
+            engine.dispose()
+        raise
     return Databases(source=source, target=target, embedded=embedded)
 
 

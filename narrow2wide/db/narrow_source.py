@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg2.extensions
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
@@ -61,7 +62,10 @@ def ship_read_settings(cursor) -> Iterator[None]:
     try:
         yield
     finally:
-        if not cursor.connection.closed:
+        # after an error the transaction is aborted: a RESET would fail and hide the error, and the
+        # SET LOCALs end with the transaction anyway
+        conn = cursor.connection
+        if not conn.closed and conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_INERROR:
             cursor.execute(RESET_READ_SETTINGS_SQL)
 
 
@@ -156,13 +160,14 @@ class SourceTable:
     def has_unique_key(self, conn: Connection) -> bool:
         """True when a primary key or unique index makes (ship_id, data_channel_id, created_time) unique.
 
-        Any unique index whose columns are all among those three counts (a subset is unique too);
-        without one the source may hold the same cell more than once.
+        Any valid unique index whose columns are all among those three counts (a subset is unique
+        too); without one the source may hold the same cell more than once. An invalid index (a
+        failed ``CREATE UNIQUE INDEX CONCURRENTLY``, often failed on duplicates) does not count.
         """
         found = conn.execute(
             text(
                 """SELECT 1 FROM pg_index i
-                WHERE i.indrelid = CAST(:t AS regclass) AND i.indisunique AND i.indpred IS NULL
+                WHERE i.indrelid = CAST(:t AS regclass) AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
                   AND i.indexprs IS NULL
                   AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey::int2[]) AS k(n)
                                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n

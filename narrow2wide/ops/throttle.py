@@ -84,7 +84,8 @@ def run_throttle_query(conn: Connection, query: str, params: dict | None = None)
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}")
             if params is None:
-                held = bool(conn.exec_driver_sql(query).scalar())
+                # no_parameters: a % in the operator's SQL (LIKE 'etl%', x % 2) is not a placeholder
+                held = bool(conn.execution_options(no_parameters=True).exec_driver_sql(query).scalar())
             else:
                 held = bool(conn.execute(text(query), params).scalar())
             tx.rollback()

@@ -169,7 +169,8 @@ def analyze_source(
                     previous.column_style, column_style)
         column_style = previous.column_style
     results = []
-    taken = {p.table for sid, s in prev_ships.items() if sid not in ships for p in s.parts}
+    # every recorded name is taken, also those of ships analysed again (they keep theirs)
+    taken = {p.table for s in prev_ships.values() for p in s.parts}
     for ship in ships:
         results.append(analyze_ship(rt, ship, sample_hours, column_style, routing, prev_ships.get(ship), time_type,
                                     taken))

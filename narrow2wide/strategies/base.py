@@ -50,11 +50,12 @@ class StrategyResult:
     realtime: RealtimeResult | None = None
     stream_rows: int = 0  # streaming: narrow rows read by the cursors
     stream_failures: int = 0  # streaming: failed steps (each retried)
+    stream_failing: bool = False  # streaming: the last round had a failed step (the run ended failing)
 
     @property
     def ok(self) -> bool:
-        """True unless a chunk failed or the last realtime cycle failed."""
-        if self.backfill is not None and self.backfill.failed_chunks:
+        """True unless a chunk failed, the last realtime cycle failed, or streaming ended on a failed round."""
+        if self.stream_failing or (self.backfill is not None and self.backfill.failed_chunks):
             return False
         return self.realtime is None or self.realtime.last is None or self.realtime.ok
 

@@ -87,8 +87,10 @@ class StreamingStrategy(Strategy):
             locks.release()
         if reason == "signal" and opts.run_for is not None and time.monotonic() - started >= opts.run_for:
             reason = "run-for"
+        if consecutive:
+            log.warning("streaming ended with its last round failing (%d failed round(s) in a row)", consecutive)
         return StrategyResult(self.name, round(time.monotonic() - started, 3), reason, stream_rows=rows,
-                              stream_failures=failures)
+                              stream_failures=failures, stream_failing=consecutive > 0)
 
     def _step(self, rt: Runtime, store: CutoffStore, cache: ShipPlanCache, clock, ship: str,
               cursors: dict[str, datetime | None], chunk: timedelta, lookback: timedelta,
