@@ -3,6 +3,7 @@ subprocesses (:class:`Procs`: output to files, survivors killed at teardown)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -18,8 +19,21 @@ MAIN = str(ROOT / "main.py")
 
 
 def invoke_cli(env: Mapping[str, str | None] | None, *args: str) -> Result:
-    """``python main.py ARGS`` in this process (no interpreter start), with ``env`` over the environment."""
-    return CliRunner().invoke(cli, list(args), env=env)
+    """``python main.py ARGS`` in this process (no interpreter start), with ``env`` over the environment.
+
+    The CLI sets up logging as a process does (the root logger's handlers and level); they are put back
+    afterwards, so that a later test neither logs into this run's files nor finds its handlers.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return CliRunner().invoke(cli, list(args), env=env)
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def clean_environ() -> dict[str, str]:

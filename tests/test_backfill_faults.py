@@ -566,7 +566,6 @@ def test_import_does_no_io_and_the_api_fails_clearly_without_a_database(tmp_path
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["events"] == []  # no connection, no file written, no folder made, no process started
     assert probe["state"] is False and not state.exists()
-    assert probe["seconds"] < 5
     name, unavailable, message = probe["error"]
     assert unavailable, probe["error"]
     assert "cannot connect" in message and "127.0.0.1" in message and "s3cretpw" not in message

@@ -110,11 +110,12 @@ def migrate(rt: Runtime, cutoff: object = END, chunk_hours: int = 1) -> Backfill
     return run_backfill(rt, (), opts(cutoff, chunk_hours))
 
 
-def assert_exact(rt: Runtime, ship: str, end: datetime | None = None, settings: Settings | None = None) -> CellDiff:
-    """The oracle finds every expected cell of ``ship`` (and nothing else) in the wide tables."""
+def assert_exact(rt: Runtime, ship: str, end: datetime | None = None, settings: Settings | None = None,
+                 rejected: int = 0) -> CellDiff:
+    """The oracle finds every expected cell of ``ship`` (and nothing else) in the wide tables, and exactly
+    ``rejected`` source rows (the test's own bad rows) without a cell."""
     diff = compare(rt.dbs.source, settings or rt.settings, ship, end=end)
-    assert diff.exact, (ship, diff)
-    assert diff.expected > 0, (ship, diff)
+    assert diff.exact_with_rejects(rejected), (ship, diff)
     return diff
 
 
@@ -199,7 +200,7 @@ def test_wrong_value_column_and_null_or_unknown_formats_are_rejected_and_counted
     assert result.ships[0].rows_read == len(good) + expected_rejects
     assert result.ships[0].rejected == expected_rejects
     assert migration_status(runtime).ships[0].rejected == expected_rejects
-    assert_exact(runtime, ship)
+    assert_exact(runtime, ship, rejected=expected_rejects)
     assert wide_column(runtime, ship, "foo_only") == {}  # its column exists, nothing silently converted
 
     got = {(r["data_channel_id"], r["created_time"]): r for r in reject_rows(runtime.settings)}
@@ -247,7 +248,7 @@ def test_nan_infinity_and_extreme_numbers_are_migrated_bit_for_bit(runtime):
 
     assert not result.failed_chunks
     assert result.ships[0].rejected == 6  # all but 4.0 and -8.5e18
-    assert_exact(runtime, ship)
+    assert_exact(runtime, ship, rejected=6)
     dbl = list(wide_column(runtime, ship, "dbl").values())
     assert len(dbl) == len(DOUBLES)
     for got, want in zip(dbl, DOUBLES, strict=True):
@@ -288,7 +289,7 @@ def test_strings_with_copy_escapes_and_a_megabyte_are_migrated_byte_for_byte(run
 
     assert not result.failed_chunks
     assert result.ships[0].rejected == 1
-    assert_exact(runtime, ship)
+    assert_exact(runtime, ship, rejected=1)
     got = list(wide_column(runtime, ship, "s").values())
     assert got == HOSTILE_STRINGS
     (rejected,) = reject_rows(runtime.settings)
@@ -357,7 +358,7 @@ def test_odd_ship_ids_become_distinct_working_tables_and_migrate_exactly(runtime
     assert not result.failed_chunks
     assert {s.ship_id: s.rejected for s in result.ships} == {s: 1 for s in ODD_SHIPS}
     for ship in ODD_SHIPS:
-        assert_exact(runtime, ship)
+        assert_exact(runtime, ship, rejected=1)
     with runtime.dbs.target.connect() as conn:
         tables = conn.execute(text(f"SELECT ship_id, table_name FROM "
                                    f"{qualified(runtime.settings.target_schema, TABLES_META)}")).all()
@@ -456,7 +457,7 @@ def test_timestamptz_source_across_a_dst_change_migrates_exactly_below_the_cutof
         assert got == before
         local_hours = [t.astimezone(oslo).strftime("%H %Z") for t in got]
         assert "02 CEST" in local_hours and "02 CET" in local_hours
-        assert_exact(rt, ship, end=cutoff)
+        assert_exact(rt, ship, end=cutoff, rejected=1)
         (rejected,) = reject_rows(rt.settings)
         assert rejected["reason"] == REASON_UNKNOWN
     finally:
@@ -507,6 +508,7 @@ def test_realtime_cli_reports_rows_ahead_on_stderr(runtime, procs):
     assert code == 0 and "Traceback" not in err, err
     assert "ahead" in err and "2200" in err
     assert max(wide_times(runtime, ship)).year < 2100
+    assert_exact(runtime, ship, end=datetime(2100, 1, 1))  # every row before the one ahead is there
 
 
 # ---------------------------------------------------------------- duplicates without a primary key
@@ -657,7 +659,7 @@ def test_a_source_without_server_created_time_writes_its_rejects_in_several_look
     result = migrate(runtime)
     assert not result.failed_chunks
     assert result.ships[0].rejected == len(bad)
-    assert_exact(runtime, ship)
+    assert_exact(runtime, ship, rejected=len(bad))
     got = reject_rows(runtime.settings)
     assert sorted(r["created_time"] for r in got) == sorted(str(r["created_time"]) for r in bad)
     assert {r["reason"] for r in got} == {REASON_NULL} and {r["server_created_time"] for r in got} == {""}

@@ -382,6 +382,7 @@ def test_concurrent_keeps_realtime_lag_bounded_and_memory_flat_at_production_rat
     # the two sides overlapped: a realtime cycle ended before the backfill did (the quick run's backfill
     # takes seconds, so the sampler may miss it; the full run's must be seen by the sampler too)
     assert overlapped, f"the backfill never ran alongside realtime: {report.line()}"
-    assert report.samples_during_backfill >= (1 if full_run else 0), report.line()
+    if full_run:
+        assert report.samples_during_backfill >= 1, report.line()
     assert report.rss_growth_second_half is not None, report.line()
     assert report.rss_growth_second_half < RSS_GROWTH_BOUND_MB, report.line()

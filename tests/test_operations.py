@@ -193,6 +193,7 @@ def test_dry_run_after_part_of_the_run_counts_the_done_chunks(runtime, settings,
     first, _ = json.loads(moved.stdout)["ships"]
     assert first["note"] and "--force" in first["note"]  # a different cutoff would stop the run
     assert not settings.cutoff_file.read_text().count("2024-10-03")
+    assert_exact(runtime.dbs.source, settings, ships=SHIPS[:1])  # the dry runs changed nothing the run wrote
 
 
 def test_dry_run_is_only_for_backfill_modes(cli_env):

@@ -46,14 +46,22 @@ def _backfill_and_compare(runtime, ships):
 
 def test_realtime_first_with_a_live_writer_then_backfill_is_exact(runtime, prepared):
     seed = prepared(ships=2, channels=8, days=0.1, end=None)
-    stop = threading.Event()
+    stop, three_cycles = threading.Event(), threading.Event()
+    cycles: list[object] = []
     done: dict[str, object] = {}
+
+    def on_cycle(cycle: object) -> None:
+        cycles.append(cycle)
+        if len(cycles) >= 3:
+            three_cycles.set()
+
     worker = threading.Thread(target=lambda: done.setdefault("r", run_realtime(
-        runtime, (), RealtimeOptions(interval_minutes=0.01, install_signal_handlers=False), stop)))
+        runtime, (), RealtimeOptions(interval_minutes=0.01, install_signal_handlers=False), stop,
+        on_cycle=on_cycle)))
     writer = LiveWriter(runtime.dbs.source, runtime.source, seed.ship_ids, 8, every_seconds=0.3,
                         late_every=3, late_minutes=4).start()
     worker.start()
-    time.sleep(5)
+    assert three_cycles.wait(120), "fewer than three realtime cycles in 120 s"
     inserted = writer.stop()
     stop.set()
     worker.join(60)

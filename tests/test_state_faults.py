@@ -77,6 +77,7 @@ def _migrate(runtime, prepared) -> None:
     prepared(ships=1, channels=8)  # 2024-10-01 18:00 .. 24:00
     result = run_backfill(runtime, (), BackfillOptions(progress=False, cutoff_time=CUTOFF, chunk_hours=2))
     assert not result.failed_chunks
+    assert compare(runtime.dbs.source, runtime.settings, SHIP).exact  # what the snapshots compare against
     CutoffStore(runtime.settings.cutoff_file).set_watermark(SHIP, WATERMARK)
     assert json.loads(runtime.settings.cutoff_file.read_text()) == _good_document()
 
@@ -127,14 +128,11 @@ def test_a_damaged_cutoff_store_stops_every_mode_and_is_left_as_it_is(runtime, p
     path = runtime.settings.cutoff_file
     good = path.read_bytes()
     before = _snapshot(runtime)
-    runs = 0
     for damage, content in _damaged(good).items():
         path.write_bytes(content)
         for mode in (MODES if full_run else QUICK[damage]):
             _assert_refused(procs, runtime, mode, before, content, expect=("cutoff store", str(path), "corrupt",
                                                                            "refusing to guess cutoffs"))
-            runs += 1
-    assert runs >= len(MODES)
     # the operator restores the file: the ship carries on from its real cutoff, nothing was lost
     path.write_bytes(good)
     code, out, err = procs.run(*MODES["migration-only"])

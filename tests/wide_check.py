@@ -2,7 +2,9 @@
 
 Written independently of the product's validator: expected cells come straight from the narrow
 rows (the value named by value_format, rendered as the column's type renders it; values that
-cannot fit their column are expected to be absent), actual cells from unpivoting every wide table.
+cannot fit their column are expected to be absent, and counted: a test says how many rejects its
+data holds), actual cells from unpivoting every wide table, whose live column types must be the
+recorded ones.
 """
 
 from __future__ import annotations
@@ -34,11 +36,20 @@ class CellDiff:
     missing: int  # expected cells absent or different in the wide tables
     extra: int  # wide cells the source does not explain
     unmapped_rows: int  # narrow rows whose channel has no column
+    excused_rows: int = 0  # narrow rows no cell is expected for (no value where their format says, or one that
+    #                        does not fit the column): the rejects a test must expect by number
+    wrong_types: tuple[str, ...] = ()  # wide columns whose live type is not the one recorded for them
 
     @property
     def exact(self) -> bool:
-        """True when every cell matches and nothing is unmapped."""
-        return self.missing == 0 and self.extra == 0 and self.unmapped_rows == 0 and self.expected == self.actual
+        """Every cell of a non-empty comparison matches, nothing is unmapped, and no row was excused."""
+        return self.exact_with_rejects(0)
+
+    def exact_with_rejects(self, rejected: int) -> bool:
+        """:attr:`exact`, where exactly ``rejected`` narrow rows have no cell (the test's own count of its bad
+        rows, never the product's)."""
+        return (self.expected > 0 and self.expected == self.actual and self.missing == 0 and self.extra == 0
+                and self.unmapped_rows == 0 and self.excused_rows == rejected and not self.wrong_types)
 
 
 def compare(engine, settings, ship_id: str, start=None, end=None) -> CellDiff:
@@ -55,7 +66,13 @@ def compare(engine, settings, ship_id: str, start=None, end=None) -> CellDiff:
             f"""INSERT INTO exp_cells SELECT s.data_channel_id, s.created_time::text, {EXPECTED_VALUE}
                 FROM {src} s JOIN {meta} m ON m.ship_id = s.ship_id AND m.channel_id = s.data_channel_id
                 WHERE s.ship_id = :ship {lo} {hi}"""), params)
-        conn.execute(text("DELETE FROM exp_cells WHERE v IS NULL"))
+        excused = conn.execute(text("DELETE FROM exp_cells WHERE v IS NULL")).rowcount
+        wrong_types = conn.execute(text(
+            f"""SELECT m.table_name || '.' || m.column_name FROM {meta} m
+                LEFT JOIN information_schema.columns c ON c.table_schema = :schema AND c.table_name = m.table_name
+                     AND c.column_name = m.column_name
+                WHERE m.ship_id = :ship AND c.data_type IS DISTINCT FROM m.data_type ORDER BY 1"""),
+            {"schema": settings.target_schema, "ship": ship_id}).scalars().all()
         unmapped = conn.execute(text(
             f"""SELECT count(*) FROM {src} s WHERE s.ship_id = :ship {lo} {hi}
                 AND NOT EXISTS (SELECT 1 FROM {meta} m WHERE m.ship_id = s.ship_id
@@ -83,7 +100,8 @@ def compare(engine, settings, ship_id: str, start=None, end=None) -> CellDiff:
             "SELECT count(*) FROM (SELECT * FROM exp_cells EXCEPT ALL SELECT * FROM act_cells) x")).scalar_one()
         extra = conn.execute(text(
             "SELECT count(*) FROM (SELECT * FROM act_cells EXCEPT ALL SELECT * FROM exp_cells) x")).scalar_one()
-    return CellDiff(int(expected), int(actual), int(missing), int(extra), int(unmapped))
+    return CellDiff(int(expected), int(actual), int(missing), int(extra), int(unmapped), int(excused),
+                    tuple(wrong_types))
 
 
 def wide_snapshot(engine, settings, ship_id: str) -> dict[str, str]:
