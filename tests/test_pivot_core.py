@@ -257,6 +257,7 @@ def test_the_pivot_accepts_exactly_what_the_one_definition_of_fits_accepts(pg_ty
     result = pivot(plan, batch)
     accepted = {FORMAT_NAMES[f] for f, t in zip(formats, batch.ts.tolist(), strict=True) if t not in result.rejects.ts}
     assert accepted == set(FITS[pg_type])
+    assert sum(part.cells for part in result.parts) == len(accepted)  # each accepted row is a cell, none dropped
 
 
 def test_the_full_rows_encoder_writes_the_bytes_of_the_general_one():
