@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from main import MODES
-from tests.cli_procs import invoke_cli
+from narrow2wide.db.database import qualified
+from table_creator import TABLES_META
+from tests.cli_procs import clean_environ, invoke_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,14 +82,6 @@ def test_declining_drop_tables_on_a_terminal_aborts_with_one_line_and_keeps_the_
                                                                                        tmp_path):
     """tables-only --drop-tables asks on a terminal; answering no exits 1 with one line, no traceback, and the
     wide tables and their rows stay as they were."""
-    import pty
-
-    from sqlalchemy import text
-
-    from narrow2wide.db.database import qualified
-    from table_creator import TABLES_META
-    from tests.cli_procs import clean_environ
-
     prepared(ships=1, channels=4)
     schema = runtime.settings.target_schema
 

@@ -21,12 +21,14 @@ import threading
 import time
 from datetime import timedelta
 
+import psycopg2
 import pytest
 from sqlalchemy import text
 
 from cutoff_store import CutoffStore
 from data_migrator import BackfillOptions, run_backfill
-from narrow2wide.db.database import Databases, make_engine, qualified
+from narrow2wide.db.database import Databases, make_engine, qualified, raw_cursor
+from narrow2wide.db.narrow_source import ship_read_settings
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.demo.demo_data import LiveWriter
 from tests.cli_procs import MAIN, clean_environ
@@ -380,11 +382,6 @@ def test_database_down_at_start_with_debug_shows_the_traceback(tmp_path):
 def test_an_error_under_the_read_settings_is_the_error_raised(engine):
     """A statement that fails inside ship_read_settings (a timeout, a cancel) raises its own error, not the
     RESET's 'current transaction is aborted' that would hide it."""
-    import psycopg2
-
-    from narrow2wide.db.database import raw_cursor
-    from narrow2wide.db.narrow_source import ship_read_settings
-
     with engine.connect() as conn:
         cur = raw_cursor(conn)
         with pytest.raises(psycopg2.errors.DivisionByZero):

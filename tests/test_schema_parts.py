@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
+from data_migrator import BackfillOptions, run_backfill
 from narrow2wide.db.database import qi, qualified
 from schema_analyzer import analyze_source
 from table_creator import COLUMNS_META, TABLES_META, create_tables
@@ -23,6 +24,7 @@ from tests.schema_helpers import (
     table_columns,
     tgt,
 )
+from tests.wide_check import compare
 
 # ---------------------------------------------------------------- 1, 2: parts and row size
 
@@ -209,9 +211,6 @@ def test_ship_ids_differing_only_in_case_get_their_own_tables(runtime):
 def test_channels_named_like_system_columns_get_columns_of_their_own(runtime, style):
     """xmin, ctid and the other system column names cannot be user columns, quoted or not: such channels get a
     hashed name (XMIN in id style is another identifier and keeps its name), and every cell migrates."""
-    from data_migrator import BackfillOptions, run_backfill
-    from tests.wide_check import compare
-
     ship = "IMO9100006"
     ids = ["xmin", "ctid", "tableoid", "cmax", "XMIN", "plain"]
     seed_rows(runtime, [(ship, c, T0 + timedelta(minutes=i), "Decimal", float(i)) for i, c in enumerate(ids)])

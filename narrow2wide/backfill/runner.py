@@ -31,7 +31,8 @@ from narrow2wide.db.catalogue import database_now, resolve_ships
 from narrow2wide.db.narrow_source import READ_SETTINGS_SQL, begin_snapshot_read
 from narrow2wide.db.runtime import Runtime, open_runtime
 from narrow2wide.engine.copy_reader import CopyReaderProcess
-from narrow2wide.engine.window_migrator import ShipPlanCache, UnknownChannels, migrate_window
+from narrow2wide.engine.pivot import PivotPlan
+from narrow2wide.engine.window_migrator import ShipPlanCache, UnknownChannels, WindowResult, migrate_window
 from narrow2wide.ops.throttle import BackfillGate, ThrottleSettings, check_throttle
 from narrow2wide.store.chunk_ledger import DONE, FAILED, PENDING, RUNNING, Chunk, ChunkLedger
 from narrow2wide.store.cutoff_store import CutoffStore
@@ -170,28 +171,22 @@ def process_chunk(rt: Runtime, conn: Connection, ledger: ChunkLedger, cache: Shi
     ``after_block`` (the gate) ends the window early, the part written is marked done and the rest
     becomes a new pending chunk, in the same transaction.
     """
-    for attempt in (1, 2):
-        plan = cache.cached(chunk.ship_id) if attempt == 1 else cache.ensure_channels(chunk.ship_id, time_type)
-        try:
-            with rt.dbs.source.connect() as sconn:
-                begin_snapshot_read(sconn)
-                with conn.begin():
-                    result = migrate_window(rt, sconn, conn, plan, chunk.start, chunk.end, direct=True,
-                                            readers=readers, after_block=after_block)
-                    figures = (result.rows_read, result.cells_written, result.wide_rows, result.rejected,
-                               result.tables)
-                    if result.end < chunk.end:
-                        ledger.mark_part_done(conn, chunk, result.end, *figures)
-                        log.info("chunk %s %s..%s held at %s; the rest is pending", chunk.ship_id, chunk.start,
-                                 chunk.end, result.end)
-                    else:
-                        ledger.mark_done(conn, chunk, *figures)
-            break
-        except UnknownChannels as exc:
-            if attempt == 2:
-                raise
-            log.info("ship %s: %d new channel(s) (%s); adding columns", chunk.ship_id, len(exc.channels),
-                     ", ".join(exc.channels[:5]))
+    def run(plan: PivotPlan) -> WindowResult:
+        with rt.dbs.source.connect() as sconn:
+            begin_snapshot_read(sconn)
+            with conn.begin():
+                result = migrate_window(rt, sconn, conn, plan, chunk.start, chunk.end, direct=True,
+                                        readers=readers, after_block=after_block)
+                figures = (result.rows_read, result.cells_written, result.wide_rows, result.rejected, result.tables)
+                if result.end < chunk.end:
+                    ledger.mark_part_done(conn, chunk, result.end, *figures)
+                    log.info("chunk %s %s..%s held at %s; the rest is pending", chunk.ship_id, chunk.start,
+                             chunk.end, result.end)
+                else:
+                    ledger.mark_done(conn, chunk, *figures)
+        return result
+
+    result = cache.with_new_channels(chunk.ship_id, time_type, run)
     log.debug("chunk %s %s..%s: %d rows in %.2f s (read %.2f, pivot %.2f, write %.2f)", chunk.ship_id,
               chunk.start, chunk.end, result.rows_read,
               result.read_seconds + result.pivot_seconds + result.write_seconds,

@@ -23,7 +23,7 @@ from narrow2wide.db.lock_keys import take_write_locks
 from narrow2wide.db.narrow_source import begin_snapshot_read, ship_read_settings
 from narrow2wide.db.runtime import Runtime
 from narrow2wide.engine.pivot import PivotPlan
-from narrow2wide.engine.window_migrator import ShipPlanCache, UnknownChannels, migrate_window
+from narrow2wide.engine.window_migrator import ShipPlanCache, migrate_window
 from narrow2wide.store.chunk_ledger import ChunkLedger
 from narrow2wide.store.cutoff_store import CutoffStore
 
@@ -226,20 +226,17 @@ def repair_buckets(rt: Runtime, ship_id: str, buckets: list[datetime]) -> None:
     cache = ShipPlanCache(rt)
     with rt.dbs.source.connect() as sconn:
         time_type = rt.source.time_type(sconn)
-    plan = cache.ensure_channels(ship_id, time_type)
-    for b in buckets:
-        for attempt in (1, 2):
-            try:
-                with rt.dbs.source.connect() as sconn, rt.dbs.target.begin() as tconn:
-                    begin_snapshot_read(sconn)  # the new-channel check and every read of the hour see one snapshot
-                    take_write_locks(tconn, rt.settings.target_schema, [ship_id])
-                    migrate_window(rt, sconn, tconn, plan, b, b + HOUR, replace=True)
-                break
-            except UnknownChannels:  # a channel's first rows arrived since: give it a column, repair again
-                if attempt == 2:
-                    raise
-                plan = cache.ensure_channels(ship_id, time_type)
-        log.info("ship %s: repaired hour %s", ship_id, b)
+    cache.ensure_channels(ship_id, time_type)  # every channel the source has gets its column first
+
+    for hour in buckets:
+        def repair(plan: PivotPlan, hour: datetime = hour) -> None:
+            with rt.dbs.source.connect() as sconn, rt.dbs.target.begin() as tconn:
+                begin_snapshot_read(sconn)  # the new-channel check and every read of the hour see one snapshot
+                take_write_locks(tconn, rt.settings.target_schema, [ship_id])
+                migrate_window(rt, sconn, tconn, plan, hour, hour + HOUR, replace=True)
+
+        cache.with_new_channels(ship_id, time_type, repair)
+        log.info("ship %s: repaired hour %s", ship_id, hour)
 
 
 def validate(rt: Runtime, ship_ids: tuple[str, ...] = (), repair: bool = False) -> ValidationReport:

@@ -191,8 +191,8 @@ def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> No
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     quiet_cycle = mode == "realtime" and bool(opts["once"]) and verbose == 0
-    # a dry run writes nothing, not even the log file
-    setup_logging(-1 if (quiet or quiet_cycle) else verbose, None if opts["dry_run"] else settings.log_file)
+    log_file = None if opts["dry_run"] else settings.log_file  # a dry run writes nothing, not even the log file
+    setup_logging(-1 if (quiet or quiet_cycle) else verbose, log_file)
     try:
         result, code = run_mode(mode, settings, opts)
     except KeyboardInterrupt:
@@ -205,7 +205,7 @@ def cli(mode: str, verbose: int, quiet: bool, debug: bool, **opts: object) -> No
         log.debug("error", exc_info=True)
         if debug:
             traceback.print_exc()
-        line, exit_code = failure_line(exc, None if opts["dry_run"] else settings.log_file)
+        line, exit_code = failure_line(exc, log_file)
         click.echo(f"error: {line}", err=True)
         sys.exit(exit_code)
     if quiet_cycle and code == 0:

@@ -110,8 +110,9 @@ def open_databases(settings: Settings, application_name: str = APP_NAME) -> Data
             target = make_engine(settings.target_database_url, application_name)
             check_connection(target)
     except BaseException:  # no pooled connection outlives a failed start (the API may be called again)
-        for engine in {id(e): e for e in (source, target)}.values():
-            engine.dispose()
+        source.dispose()
+        if target is not source:
+            target.dispose()
         raise
     return Databases(source=source, target=target, embedded=embedded)
 

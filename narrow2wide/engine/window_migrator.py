@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -51,6 +52,7 @@ from narrow2wide.engine.wide_writer import delete_window, merge_copy, merge_many
 from narrow2wide.schema.tables import add_channels
 
 log = logging.getLogger("window_migrator")  # the name the log file has always shown
+T = TypeVar("T")
 
 AfterBlock = Callable[[int, bool], bool]
 """Called after each block of a window with (rows read, last block?); True ends the window there."""
@@ -122,6 +124,17 @@ class ShipPlanCache:
             with self.rt.dbs.target.connect() as conn:
                 return self.get(conn, ship_id)
         return self._plans[ship_id]
+
+    def with_new_channels(self, ship_id: str, time_type: str, run: Callable[[PivotPlan], T],
+                          plan: PivotPlan | None = None) -> T:
+        """``run(plan)`` (the cached plan unless given); when the window held rows of channels without a
+        column (:class:`UnknownChannels`, nothing written) they get columns and ``run`` goes once more."""
+        try:
+            return run(plan if plan is not None else self.cached(ship_id))
+        except UnknownChannels as exc:
+            log.info("ship %s: %d new channel(s) (%s); adding columns", ship_id, len(exc.channels),
+                     ", ".join(exc.channels[:5]))
+            return run(self.ensure_channels(ship_id, time_type))
 
     def ensure_channels(self, ship_id: str, time_type: str) -> PivotPlan:
         """Give every channel the source has for ``ship_id`` a column (skip-scan), then return the plan."""

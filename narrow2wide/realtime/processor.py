@@ -35,7 +35,6 @@ from narrow2wide.engine.pivot import PivotPlan, read_fleet_window, ship_hashes
 from narrow2wide.engine.tick_signatures import FleetScope, ShipTicks, fleet_scope, read_signatures
 from narrow2wide.engine.window_migrator import (
     ShipPlanCache,
-    UnknownChannels,
     WindowResult,
     WrittenRows,
     merge_fleet,
@@ -224,21 +223,14 @@ def write_window(rt: Runtime, cache: ShipPlanCache, ship_id: str, start: datetim
 
     A channel without a column gets one (the processor keeps running) and the window is read again.
     """
-    for attempt in (1, 2):
-        try:
-            with rt.dbs.source.connect() as sconn:
-                begin_snapshot_read(sconn)
-                with rt.dbs.target.begin() as tconn:
-                    plan: PivotPlan = cache.get(tconn, ship_id)
-                    take_write_locks(tconn, rt.settings.target_schema, [ship_id])
-                    return migrate_window(rt, sconn, tconn, plan, start, end)
-        except UnknownChannels as exc:
-            if attempt == 2:
-                raise
-            log.info("ship %s: %d new channel(s) (%s); adding columns", ship_id, len(exc.channels),
-                     ", ".join(exc.channels[:5]))
-            cache.ensure_channels(ship_id, time_type)
-    raise AssertionError("unreachable")
+    def run(plan: PivotPlan) -> WindowResult:
+        with rt.dbs.source.connect() as sconn:
+            begin_snapshot_read(sconn)
+            with rt.dbs.target.begin() as tconn:
+                take_write_locks(tconn, rt.settings.target_schema, [ship_id])
+                return migrate_window(rt, sconn, tconn, plan, start, end)
+
+    return cache.with_new_channels(ship_id, time_type, run)
 
 
 def _pieces(start: datetime, end: datetime, hours: int) -> list[tuple[datetime, datetime]]:
